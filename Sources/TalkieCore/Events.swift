@@ -1,0 +1,116 @@
+import Foundation
+
+/// Everything a batch tells the world, in one typed stream: the CLI prints it, the run log
+/// stores it, the studio pushes it to pages. An event is sent only after the state change it
+/// reports is durable.
+public enum BatchEvent: Sendable, Equatable {
+    /// A run started: `total` items in the batch, `toRender` of them will be rendered.
+    case batchStarted(total: Int, toRender: Int, settings: String)
+    /// An item joined the queue.
+    case itemQueued(key: ItemKey, name: String)
+    /// An engine started an item.
+    case itemStarted(key: ItemKey, name: String, attempt: Int)
+    /// Frame progress of the running item.
+    case itemProgress(key: ItemKey, frame: Int, frames: Int)
+    /// An item's output is verified and committed.
+    case itemSucceeded(key: ItemKey, name: String, output: String, seconds: Double, score: Double?)
+    /// An attempt failed; `willRetry` when it goes back to the queue automatically.
+    case itemFailed(key: ItemKey, name: String, error: ItemError, willRetry: Bool)
+    /// An item went back to pending because the user stopped the run.
+    case itemStopped(key: ItemKey, name: String)
+    /// Something the user should know that is not an item's failure.
+    case warning(String)
+    /// The run ended.
+    case batchFinished(BatchSummary)
+}
+
+/// Counts at the end of a run.
+public struct BatchSummary: Sendable, Equatable, Codable {
+    /// Items in the batch.
+    public var total: Int
+    /// Items successful (this run or earlier).
+    public var succeeded: Int
+    /// Items failed.
+    public var failed: Int
+    /// Items still pending (stopped or paused runs).
+    public var pending: Int
+    /// Items rendered by this run.
+    public var renderedThisRun: Int
+    /// Whether the run was stopped or paused before the queue was empty.
+    public var interrupted: Bool
+
+    /// Creates a summary.
+    public init(total: Int, succeeded: Int, failed: Int, pending: Int, renderedThisRun: Int, interrupted: Bool) {
+        self.total = total
+        self.succeeded = succeeded
+        self.failed = failed
+        self.pending = pending
+        self.renderedThisRun = renderedThisRun
+        self.interrupted = interrupted
+    }
+}
+
+extension BatchEvent {
+    /// The event's name in JSON lines and logs.
+    public var name: String {
+        switch self {
+        case .batchStarted: "batch_started"
+        case .itemQueued: "item_queued"
+        case .itemStarted: "item_started"
+        case .itemProgress: "item_progress"
+        case .itemSucceeded: "item_succeeded"
+        case .itemFailed: "item_failed"
+        case .itemStopped: "item_stopped"
+        case .warning: "warning"
+        case .batchFinished: "batch_finished"
+        }
+    }
+
+    /// The event as a flat JSON object (without the timestamp).
+    public var fields: [String: JSONValue] {
+        var fields: [String: JSONValue] = ["event": .string(name)]
+        switch self {
+        case .batchStarted(let total, let toRender, let settings):
+            fields["total"] = .number(Double(total))
+            fields["to_render"] = .number(Double(toRender))
+            fields["settings"] = .string(settings)
+        case .itemQueued(let key, let name):
+            fields["key"] = .string(key.id); fields["name"] = .string(name)
+        case .itemStarted(let key, let name, let attempt):
+            fields["key"] = .string(key.id); fields["name"] = .string(name)
+            fields["attempt"] = .number(Double(attempt))
+        case .itemProgress(let key, let frame, let frames):
+            fields["key"] = .string(key.id)
+            fields["frame"] = .number(Double(frame)); fields["frames"] = .number(Double(frames))
+        case .itemSucceeded(let key, let name, let output, let seconds, let score):
+            fields["key"] = .string(key.id); fields["name"] = .string(name)
+            fields["output"] = .string(output); fields["seconds"] = .number((seconds * 1000).rounded() / 1000)
+            if let score { fields["score"] = .number((score * 1000).rounded() / 1000) }
+        case .itemFailed(let key, let name, let error, let willRetry):
+            fields["key"] = .string(key.id); fields["name"] = .string(name)
+            fields["kind"] = .string(error.kind.rawValue); fields["message"] = .string(error.message)
+            fields["will_retry"] = .bool(willRetry)
+        case .itemStopped(let key, let name):
+            fields["key"] = .string(key.id); fields["name"] = .string(name)
+        case .warning(let message):
+            fields["message"] = .string(message)
+        case .batchFinished(let summary):
+            fields["total"] = .number(Double(summary.total))
+            fields["succeeded"] = .number(Double(summary.succeeded))
+            fields["failed"] = .number(Double(summary.failed))
+            fields["pending"] = .number(Double(summary.pending))
+            fields["rendered"] = .number(Double(summary.renderedThisRun))
+            fields["interrupted"] = .bool(summary.interrupted)
+        }
+        return fields
+    }
+
+    /// One JSON line (no newline) with an ISO-8601 timestamp first.
+    public func jsonLine(at date: Date) -> String {
+        var object = fields
+        object["time"] = .string(date.formatted(.iso8601.year().month().day().timeZone(separator: .omitted).time(includingFractionalSeconds: true).dateSeparator(.dash).timeSeparator(.colon)))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? encoder.encode(object)) ?? Data(), as: UTF8.self)
+    }
+}

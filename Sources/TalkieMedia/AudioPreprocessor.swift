@@ -1,0 +1,45 @@
+import Foundation
+import TalkieCore
+
+/// Prepares the narration for an engine: denoise and tempo from the run's settings,
+/// loudness normalisation, resampled to what the engine asked for.
+public enum AudioPreprocessor {
+    /// The ffmpeg audio filter chain for `settings`.
+    public static func filterChain(for settings: RenderSettings) -> String {
+        var filters: [String] = []
+        if settings.denoise > 0 {
+            filters.append("afftdn=nr=\(String(format: "%.1f", 1 + settings.denoise * 40)):nf=-40")
+        }
+        if settings.tempo != 1 { filters.append("atempo=\(settings.tempo)") }
+        filters.append("loudnorm=I=-16:TP=-1.5:LRA=11")
+        return filters.joined(separator: ",")
+    }
+
+    /// Writes the processed narration to `output` (a WAV) unless it is already there, and
+    /// returns its duration in seconds. Written under a temp name and renamed, so a crash
+    /// never leaves half a file under the final name.
+    public static func prepare(audio: String, settings: RenderSettings, sampleRate: Int?, channels: Int?,
+                               output: String) async throws(MediaError) -> Double {
+        if FileManager.default.fileExists(atPath: output) {
+            let info = try await MediaProbe.probe(output)
+            if info.hasAudio, let duration = info.audioDuration, duration > 0 { return duration }
+        }
+        let temp = output + ".tmp-\(getpid()).wav"
+        var arguments = ["-nostdin", "-v", "error", "-y", "-i", Tool.fileArgument(audio), "-vn",
+                         "-af", filterChain(for: settings)]
+        arguments += ["-ar", String(sampleRate ?? 48_000)]
+        if let channels { arguments += ["-ac", String(channels)] }
+        arguments += ["-c:a", "pcm_s16le", Tool.fileArgument(temp)]
+        let result = try await Tool.run("ffmpeg", arguments)
+        guard result.exitCode == 0 else {
+            try? FileManager.default.removeItem(atPath: temp)
+            throw MediaError(code: "media.audio_preprocessing",
+                             message: "cannot preprocess \(audio): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        guard rename(temp, output) == 0 else {
+            throw MediaError(code: "media.io", message: "cannot move the processed audio to \(output): \(String(cString: strerror(errno)))")
+        }
+        let info = try await MediaProbe.probe(output)
+        return info.audioDuration ?? info.duration
+    }
+}

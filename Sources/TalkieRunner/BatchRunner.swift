@@ -1,0 +1,414 @@
+import Foundation
+import TalkieCore
+import TalkieEngine
+import TalkieMedia
+import TalkieStore
+
+/// Runs a batch: reconciles the inputs with the stored state, renders what is not done on
+/// `slots` engine workers, commits every change durably before reporting it, and ends with a
+/// compacted snapshot. The only writer of the state.
+///
+/// Stop = cancel the task that awaits `run()`: the running items return to pending.
+/// Pause = `pause()`: running items finish, then the run ends.
+public actor BatchRunner {
+    /// The events of this run, in order; finished when the run ends.
+    public nonisolated let events: AsyncStream<BatchEvent>
+    private let continuation: AsyncStream<BatchEvent>.Continuation
+    private let config: RunConfiguration
+    private let version: String
+
+    private var store: StateStore?
+    private var runLog: RunLog?
+    private var queue: [ItemKey] = []
+    private var notBefore: [ItemKey: Date] = [:]
+    private var batchKeys: [ItemKey] = []
+    private var pauseRequested = false
+    private var renderedThisRun = 0
+    private var audioPath = ""
+    private var audioDuration = 0.0
+    private var settings = RenderSettings()
+    private var lastProgress: [ItemKey: (Date, Int)] = [:]
+
+    /// Creates a runner; nothing happens until `run()`.
+    public init(_ config: RunConfiguration, version: String = "talkie") {
+        self.config = config
+        self.version = version
+        (events, continuation) = AsyncStream.makeStream(of: BatchEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    /// Finish the items being rendered, then end the run.
+    public func pause() {
+        pauseRequested = true
+    }
+
+    /// Runs the batch to its end (or to a pause, a stop, or a fatal error).
+    public func run() async throws -> BatchSummary {
+        defer { continuation.finish() }
+        let outputs = config.outputs
+        try prepareFolder(outputs)
+        let lock = try StoreLock(folder: outputs)
+        defer { lock.release() }
+        let store = try StateStore(folder: outputs, writtenBy: version)
+        self.store = store
+        defer { store.close() }
+        let runLog = RunLog(path: path("talkie.log"))
+        self.runLog = runLog
+        for note in store.recovery.notes { emit(.warning(note)) }
+
+        // Inputs and settings: given now, or those of the stored batch.
+        guard let audio = config.audio ?? store.batch?.audio else {
+            throw RunSetupError(code: "input.no_audio", message: "no narration given and none recorded in \(outputs); pass --audio FILE")
+        }
+        let sources = config.videos.isEmpty
+            ? store.batch?.videos ?? []
+            : config.videos.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        guard !sources.isEmpty else {
+            throw RunSetupError(code: "input.no_videos", message: "no templates given and none recorded in \(outputs); pass --videos FOLDER")
+        }
+        settings = config.settings.applied(to: store.batch?.settings ?? RenderSettings())
+        let problems = settings.problems()
+        guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
+        let engineCommand = try config.engines.command(for: settings.engine)
+        audioPath = URL(fileURLWithPath: audio).standardizedFileURL.path
+        guard FileManager.default.isReadableFile(atPath: audioPath) else {
+            throw RunSetupError(code: "input.missing", message: "the narration \(audio) does not exist or cannot be read")
+        }
+
+        // Identity: hash the narration and every template (cached by inode/size/mtime).
+        let cache = HashCache(path: path(".talkie/hash-cache.json"))
+        let audioHash = try cache.hash(path: audioPath)
+        let scan = try InputScanner.scan(sources, exclude: outputs)
+        for warning in scan.warnings { emit(.warning(warning)) }
+        var inputs: [Reconciler.Input] = []
+        for video in scan.paths {
+            do { inputs.append(.init(path: video, hash: try cache.hash(path: video))) } catch {
+                emit(.warning("\(video) skipped: \(error.message)"))
+            }
+        }
+
+        var stored: [ItemKey: Item] = [:]
+        for item in store.allItems { stored[item.key] = item }
+        var imported: [Item] = []
+        if !store.recovery.legacy.isEmpty {
+            imported += importLegacy(store.recovery.legacy, inputs: inputs, audio: audioHash, cache: cache, stored: stored)
+        }
+        if store.recovery.needsRebuild || store.recovery.source == .fresh {
+            imported += await rebuildFromOutputs(stored: stored)
+        }
+        for item in imported { stored[item.key] = item }
+
+        let reconciler = Reconciler(audio: audioHash, audioPath: audioPath, settingsFingerprint: settings.fingerprint,
+                                    maxAttempts: config.retryPolicy.maxAttempts, retry: config.retry)
+        let plan = reconciler.plan(stored: stored, inputs: inputs, now: Date()) { output in
+            FileManager.default.fileExists(atPath: self.path(output))
+        }
+        let changed = Dictionary((imported + plan.changed).map { ($0.key, $0) }, uniquingKeysWith: { _, new in new })
+        try store.commit(Array(changed.values), batch: BatchInputs(audio: audioPath, videos: sources, settings: settings))
+        if !imported.isEmpty { try store.compact() }
+        try? cache.save(keeping: Set(inputs.map(\.path) + [audioPath]))
+        for note in plan.notes { emit(.warning(note)) }
+
+        batchKeys = plan.batch
+        queue = plan.batch.filter { store.item($0)?.state.status == .pending }
+        emit(.batchStarted(total: batchKeys.count, toRender: queue.count, settings: settings.summary))
+        for key in queue { emit(.itemQueued(key: key, name: store.item(key)?.displayName ?? key.short)) }
+
+        var interrupted = false
+        if !queue.isEmpty {
+            let audioInfo: MediaInfo
+            do { audioInfo = try await MediaProbe.probe(audioPath) } catch {
+                throw RunSetupError(code: "input.bad_audio", message: "the narration \(audio) is not usable: \(error.message)")
+            }
+            do { audioDuration = try MediaProbe.validateAudio(audioInfo, path: audio) } catch {
+                throw RunSetupError(code: error.code, message: error.message)
+            }
+            do {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<max(1, config.slots) {
+                        group.addTask { try await self.runSlot(engineCommand, audioHash: audioHash) }
+                    }
+                    try await group.waitForAll()
+                }
+            } catch is CancellationError {
+                interrupted = true
+            }
+            if Task.isCancelled { interrupted = true }
+        }
+        try store.compact()
+        let summary = summarize(interrupted: interrupted || pauseRequested && !queue.isEmpty)
+        emit(.batchFinished(summary))
+        return summary
+    }
+
+    // MARK: - Slots
+
+    /// One engine worker's loop: start it, render items until the queue is empty, restart
+    /// it after it crashed or was killed.
+    private func runSlot(_ command: EngineCommand, audioHash: ContentHash) async throws {
+        let sink = StderrSink()
+        while hasWork() {
+            do {
+                try await EngineWorker.withWorker(command, stderr: sink) { session in
+                    let processed = try await self.processedAudio(for: session.hello, audioHash: audioHash)
+                    while let key = try await self.nextItem() {
+                        try await self.render(key, session: session, audio: processed, sink: sink)
+                    }
+                }
+            } catch let failure as EngineFailure {
+                if case .startFailed = failure { throw RunSetupError(code: failure.code, message: failure.message) }
+                // The item already recorded the failure; the loop starts a fresh worker.
+            }
+            try Task.checkCancellation()
+        }
+    }
+
+    private func hasWork() -> Bool { !queue.isEmpty && !pauseRequested && !Task.isCancelled }
+
+    /// The next item to render, waiting for a retry's backoff when only delayed items remain.
+    private func nextItem() async throws -> ItemKey? {
+        while true {
+            try Task.checkCancellation()
+            if pauseRequested || queue.isEmpty { return nil }
+            let now = Date()
+            if let index = queue.firstIndex(where: { (notBefore[$0] ?? .distantPast) <= now }) {
+                return queue.remove(at: index)
+            }
+            let wake = queue.compactMap { notBefore[$0] }.min() ?? now
+            try await Task.sleep(for: .seconds(max(0.01, wake.timeIntervalSince(now))))
+        }
+    }
+
+    private func processedAudio(for hello: EngineHello, audioHash: ContentHash) async throws -> (path: String, duration: Double) {
+        let name = "\(audioHash.short)-\(settings.fingerprint)-\(hello.audioSampleRate ?? 0)-\(hello.audioChannels ?? 0).wav"
+        let output = path(".talkie/audio/" + name)
+        do {
+            let duration = try await AudioPreprocessor.prepare(audio: audioPath, settings: settings, sampleRate: hello.audioSampleRate,
+                                                               channels: hello.audioChannels, output: output)
+            return (output, duration)
+        } catch {
+            try Task.checkCancellation()
+            throw RunSetupError(code: error.code, message: error.message)
+        }
+    }
+
+    // MARK: - One item
+
+    private func render(_ key: ItemKey, session: EngineSession, audio: (path: String, duration: Double), sink: StderrSink) async throws {
+        guard let store, var item = store.item(key) else { return }
+        try item.state.apply(.start)
+        item.startedAt = Date()
+        item.finishedAt = nil
+        try store.commit([item])
+        emit(.itemStarted(key: key, name: item.displayName, attempt: item.state.attempts))
+        let started = Date()
+
+        // Media checks before any engine time is spent.
+        guard let video = item.names.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            try fail(&item, ItemError(kind: .input, message: "the template \(item.names.first ?? key.short) is no longer there; put it back or remove it from the batch"))
+            return
+        }
+        if item.media == nil {
+            do {
+                item.media = try MediaProbe.validateTemplate(try await MediaProbe.probe(video), path: video)
+            } catch {
+                try Task.checkCancellation()
+                try fail(&item, ItemError(kind: .input, message: error.message))
+                return
+            }
+        }
+
+        let logPath = path(".talkie/logs/\(key.id).log")
+        sink.redirect(to: logPath)
+        defer { sink.redirect(to: nil) }
+        let engineOutput = path(".talkie/tmp/\(key.id).engine.mp4")
+        unlink(engineOutput)
+        let job = RenderJob(id: "\(key.id)-\(item.state.attempts)", video: video, audio: audio.path, output: engineOutput,
+                            itemKey: key, params: settings.engineParams, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
+                            duration: audio.duration)
+        let outcome: RenderOutcome
+        do {
+            outcome = try await session.render(job, timeout: config.timeout(forDuration: audio.duration),
+                                               progress: { frame, frames in self.progress(key, frame: frame, frames: frames) },
+                                               log: { line in self.appendToLog(logPath, line) })
+        } catch {
+            if Task.isCancelled { try stop(&item); throw CancellationError() }
+            try fail(&item, ItemError(kind: .transient, message: error.message))
+            throw error
+        }
+        switch outcome {
+        case .stopped:
+            try stop(&item)
+            throw CancellationError()
+        case .failed(let error):
+            try fail(&item, error)
+        case .done(_, let score):
+            let tags = OutputTags(itemKey: key.id, settingsFingerprint: settings.fingerprint, templateName: item.displayName)
+            let name = outputName(for: item)
+            let staged = path(".talkie/tmp/\(key.id).mp4")
+            do {
+                try await OutputFinisher.stamp(engineOutput: engineOutput, tags: tags, destination: staged)
+                try await OutputFinisher.verify(staged, expectedDuration: audio.duration, tags: tags)
+                try publish(staged, as: path(name))
+            } catch {
+                if Task.isCancelled { try stop(&item); throw CancellationError() }
+                try fail(&item, ItemError(kind: .transient, message: "the engine's output was rejected: \((error as? any TalkieError)?.message ?? "\(error)")"))
+                return
+            }
+            unlink(engineOutput)
+            try item.state.apply(.succeed(output: name, settingsFingerprint: settings.fingerprint))
+            item.score = score
+            item.finishedAt = Date()
+            item.renderSeconds = Date().timeIntervalSince(started)
+            try store.commit([item])
+            renderedThisRun += 1
+            emit(.itemSucceeded(key: key, name: item.displayName, output: name, seconds: item.renderSeconds ?? 0, score: score))
+        }
+    }
+
+    private func fail(_ item: inout Item, _ error: ItemError) throws {
+        guard let store else { return }
+        try item.state.apply(.fail(error))
+        item.finishedAt = Date()
+        item.renderSeconds = item.startedAt.map { Date().timeIntervalSince($0) }
+        let willRetry = config.retryPolicy.shouldRetry(error.kind, attempts: item.state.attempts)
+        if willRetry {
+            try item.state.apply(.retryAutomatically)
+            notBefore[item.key] = Date().addingTimeInterval(config.retryPolicy.delay(afterAttempt: item.state.attempts))
+            queue.append(item.key)
+        }
+        try store.commit([item])
+        emit(.itemFailed(key: item.key, name: item.displayName, error: error, willRetry: willRetry))
+    }
+
+    private func stop(_ item: inout Item) throws {
+        guard let store else { return }
+        try item.state.apply(.stop)
+        item.finishedAt = nil
+        try store.commit([item])
+        queue.insert(item.key, at: 0)
+        emit(.itemStopped(key: item.key, name: item.displayName))
+    }
+
+    /// Makes the verified output durable under its final name: fsync the file, rename it
+    /// into place, fsync the folder. Only then may the success be committed.
+    private func publish(_ staged: String, as final: String) throws {
+        let fd = open(staged, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw StoreError.io("cannot open the output", path: staged, errno: errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw StoreError.syncFailed(path: staged, errno: errno) }
+        guard rename(staged, final) == 0 else { throw StoreError.io("cannot move the output into place", path: final, errno: errno) }
+        let folder = open((final as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard folder >= 0 else { throw StoreError.io("cannot open the output folder", path: final, errno: errno) }
+        defer { close(folder) }
+        guard fsync(folder) == 0 else { throw StoreError.syncFailed(path: final, errno: errno) }
+    }
+
+    /// `<template name>.<key>.mp4`: readable, and unique per content so no two items (or
+    /// machines) ever write the same file.
+    private func outputName(for item: Item) -> String {
+        var stem = ((item.names.first ?? "item") as NSString).lastPathComponent
+        stem = (stem as NSString).deletingPathExtension
+        stem = String(stem.map { $0 == "/" || $0.isNewline || $0.asciiValue.map { $0 < 32 } == true ? "_" : $0 }.prefix(80))
+        if stem.hasPrefix("-") || stem.hasPrefix(".") || stem.isEmpty { stem = "_" + stem }
+        return "\(stem).\(item.key.short).mp4"
+    }
+
+    // MARK: - Recovery helpers
+
+    /// Successes of a state file written by the seed's design, matched to the inputs by MD5.
+    private func importLegacy(_ legacy: [String: LegacyEntry], inputs: [Reconciler.Input], audio: ContentHash,
+                              cache: HashCache, stored: [ItemKey: Item]) -> [Item] {
+        var imported: [Item] = []
+        for input in inputs {
+            guard let md5 = try? cache.md5(path: input.path), let entry = legacy[md5], entry.isSuccess else { continue }
+            let key = ItemKey(video: input.hash, audio: audio)
+            guard stored[key]?.state.status != .success, !imported.contains(where: { $0.key == key }) else { continue }
+            guard let output = entry.output.map({ URL(fileURLWithPath: $0, relativeTo: URL(fileURLWithPath: config.outputs + "/")).path }),
+                  FileManager.default.fileExists(atPath: output) else {
+                emit(.warning("the older tool's success for \((input.path as NSString).lastPathComponent) names no output that exists; it is rendered again"))
+                continue
+            }
+            var item = Item(key: key, names: [input.path], audioPath: audioPath, createdAt: Date())
+            item.state = ItemState(status: .success, attempts: 1, output: relativeOutput(output), settingsFingerprint: "legacy")
+            imported.append(item)
+        }
+        emit(.warning("imported \(imported.count) finished items from the older tool's task_status.json (its copy is kept beside it)"))
+        return imported
+    }
+
+    /// Successes recovered from the metadata every output carries.
+    private func rebuildFromOutputs(stored: [ItemKey: Item]) async -> [Item] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: config.outputs) else { return [] }
+        var rebuilt: [Item] = []
+        for name in names.sorted() where name.hasSuffix(".mp4") {
+            guard let info = try? await MediaProbe.probe(path(name)), let tags = OutputTags(info),
+                  let key = ItemKey(id: tags.itemKey), stored[key]?.state.status != .success,
+                  info.video != nil, info.hasAudio else { continue }
+            var item = stored[key] ?? Item(key: key, names: [], audioPath: audioPath, createdAt: Date())
+            item.state = ItemState(status: .success, attempts: max(1, item.state.attempts), output: name,
+                                   settingsFingerprint: tags.settingsFingerprint)
+            rebuilt.append(item)
+        }
+        if !rebuilt.isEmpty { emit(.warning("recovered \(rebuilt.count) finished items from the metadata of the files in \(config.outputs)")) }
+        return rebuilt
+    }
+
+    private func relativeOutput(_ absolute: String) -> String {
+        let base = URL(fileURLWithPath: config.outputs).standardizedFileURL.path + "/"
+        return absolute.hasPrefix(base) ? String(absolute.dropFirst(base.count)) : absolute
+    }
+
+    // MARK: - Events
+
+    private func emit(_ event: BatchEvent) {
+        runLog?.write(event)
+        continuation.yield(event)
+    }
+
+    /// Frame progress, at most ten events a second per item (and in the run log every 5 s).
+    private func progress(_ key: ItemKey, frame: Int, frames: Int) {
+        let now = Date()
+        if let (last, _) = lastProgress[key], now.timeIntervalSince(last) < 0.1, frame < frames { return }
+        lastProgress[key] = (now, frame)
+        continuation.yield(.itemProgress(key: key, frame: frame, frames: frames))
+    }
+
+    private nonisolated func appendToLog(_ path: String, _ line: String) {
+        guard let handle = FileHandle(forWritingAtPath: path) else { return }
+        defer { try? handle.close() }
+        _ = try? handle.seekToEnd()
+        try? handle.write(contentsOf: Data((line + "\n").utf8))
+    }
+
+    private func summarize(interrupted: Bool) -> BatchSummary {
+        var summary = BatchSummary(total: batchKeys.count, succeeded: 0, failed: 0, pending: 0,
+                                   renderedThisRun: renderedThisRun, interrupted: interrupted)
+        for key in batchKeys {
+            switch store?.item(key)?.state.status {
+            case .success: summary.succeeded += 1
+            case .failed: summary.failed += 1
+            default: summary.pending += 1
+            }
+        }
+        return summary
+    }
+
+    private func prepareFolder(_ outputs: String) throws {
+        for folder in [outputs, path(".talkie"), path(".talkie/tmp"), path(".talkie/logs"), path(".talkie/audio"), path(".talkie/cache")] {
+            do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
+                throw RunSetupError(code: "workspace.unusable", message: "cannot create \(folder): \(error.localizedDescription); choose a writable --out folder")
+            }
+        }
+        guard access(outputs, W_OK) == 0 else {
+            throw RunSetupError(code: "workspace.unusable", message: "\(outputs) is not writable; choose another --out folder or fix its permissions")
+        }
+        // Engine leftovers of a run that died are never reused.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: path(".talkie/tmp"))) ?? [] {
+            unlink(path(".talkie/tmp/" + name))
+        }
+    }
+
+    private nonisolated func path(_ relative: String) -> String {
+        (config.outputs as NSString).appendingPathComponent(relative)
+    }
+}

@@ -1,0 +1,364 @@
+import Foundation
+import TalkieCore
+
+/// How the state was found when the store opened.
+public struct RecoveryReport: Sendable, Equatable {
+    /// Where the state came from.
+    public enum Source: String, Sendable {
+        /// `task_status.json` (plus the journal).
+        case snapshot
+        /// `task_status.json.bak` (plus the journals), because the snapshot was unusable.
+        case backup
+        /// The journals alone.
+        case journal
+        /// A state file in the seed's (older tools') format, to be imported.
+        case legacy
+        /// Nothing: a new batch.
+        case fresh
+    }
+
+    /// Where the state came from.
+    public var source: Source = .fresh
+    /// Journal records applied on top of the snapshot.
+    public var replayedRecords = 0
+    /// What recovery noticed and did, for the run log.
+    public var notes: [String] = []
+    /// State was damaged or partly lost: successes must be recovered from the outputs'
+    /// metadata (or, when `source == .fresh`, outputs may hold work of an earlier state).
+    public var needsRebuild = false
+    /// Files moved aside as evidence.
+    public var movedAside: [String] = []
+    /// Entries of a legacy state file, keyed by the MD5 of the template.
+    public var legacy: [String: LegacyEntry] = [:]
+}
+
+/// The durable state of one output folder: a journal of single-item changes (append +
+/// fdatasync, O(1) per change) compacted into the snapshot `task_status.json` (temp file,
+/// fsync, rename, fsync the folder), the previous snapshot kept as `task_status.json.bak`.
+///
+/// Only the runner writes through a store, and only while it holds the folder's `StoreLock`.
+/// Not thread-safe: its owner (an actor) serialises calls.
+public final class StateStore {
+    /// The output folder.
+    public let folder: String
+    /// How the state was found.
+    public let recovery: RecoveryReport
+    /// The batch's inputs and settings, once a run recorded them.
+    public private(set) var batch: BatchInputs?
+    /// Every settings fingerprint that made an output.
+    public private(set) var settingsHistory: [String: RenderSettings]
+    /// Snapshot generation on disk.
+    public private(set) var generation: Int
+
+    private var items: [ItemKey: Item]
+    private var nextSequence: Int
+    private var recordsSinceCompaction = 0
+    private var journalFD: Int32 = -1
+    private var poisoned = false
+    private let ops: FileOps
+    private let writtenBy: String
+
+    /// `task_status.json`.
+    public static let snapshotName = "task_status.json"
+    static let backupName = "task_status.json.bak"
+    static let journalName = "task_status.journal"
+    static let previousJournalName = "task_status.journal.prev"
+
+    /// Opens the state of `folder` for writing: recovers it, sweeps stale temp files, opens
+    /// the journal. The caller must hold the folder's `StoreLock`.
+    public init(folder: String, ops: FileOps = .system, writtenBy: String = "talkie") throws(StoreError) {
+        self.folder = folder
+        self.ops = ops
+        self.writtenBy = writtenBy
+        let loaded = try Self.load(folder: folder, ops: ops, mutate: true)
+        self.recovery = loaded.report
+        self.items = loaded.items
+        self.batch = loaded.document.batch
+        self.settingsHistory = loaded.document.settingsHistory
+        self.generation = loaded.document.generation
+        self.nextSequence = loaded.lastSequence + 1
+        self.recordsSinceCompaction = loaded.report.replayedRecords
+        Self.sweepTempFiles(folder: folder)
+        let journal = Self.path(folder, Self.journalName)
+        let existed = access(journal, F_OK) == 0
+        journalFD = open(journal, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard journalFD >= 0 else { throw .io("cannot open the journal", path: journal, errno: errno) }
+        if !existed { try ops.syncDirectory(folder) }
+    }
+
+    deinit { close() }
+
+    /// Reads the state of `folder` without changing any file (for `talkie status`).
+    public static func read(folder: String) throws(StoreError) -> (document: StateDocument, report: RecoveryReport) {
+        let loaded = try load(folder: folder, ops: .system, mutate: false)
+        var document = loaded.document
+        document.items = loaded.items.values.sorted { $0.key < $1.key }
+        document.lastSequence = loaded.lastSequence
+        return (document, loaded.report)
+    }
+
+    /// Closes the journal. The store can no longer write.
+    public func close() {
+        if journalFD >= 0 { Foundation.close(journalFD) }
+        journalFD = -1
+    }
+
+    /// Every item, sorted by key.
+    public var allItems: [Item] { items.values.sorted { $0.key < $1.key } }
+
+    /// The number of items.
+    public var count: Int { items.count }
+
+    /// One item by key.
+    public func item(_ key: ItemKey) -> Item? { items[key] }
+
+    /// Makes the given item records and batch inputs durable (one journal append, one
+    /// fdatasync) and applies them. When it returns, they survive a crash; when it throws,
+    /// nothing may be reported and the store refuses further writes.
+    public func commit(_ changed: [Item], batch newBatch: BatchInputs? = nil) throws(StoreError) {
+        guard !poisoned, journalFD >= 0 else { throw .poisoned }
+        var records: [JournalRecord] = []
+        if let newBatch {
+            records.append(JournalRecord(seq: nextSequence, item: nil, batch: newBatch))
+            nextSequence += 1
+        }
+        for item in changed {
+            records.append(JournalRecord(seq: nextSequence, item: item, batch: nil))
+            nextSequence += 1
+        }
+        guard !records.isEmpty else { return }
+        var data = Data()
+        let encoder = StateCoding.encoder(pretty: false)
+        for record in records {
+            data.append((try? encoder.encode(record)) ?? Data())
+            data.append(0x0a)
+        }
+        let journal = Self.path(folder, Self.journalName)
+        do {
+            try ops.write(fd: journalFD, data, path: journal)
+            try ops.sync(fd: journalFD, path: journal, dataOnly: true)
+        } catch {
+            poisoned = true
+            throw error
+        }
+        for record in records { apply(record) }
+        recordsSinceCompaction += records.count
+        if recordsSinceCompaction >= max(2_000, items.count) { try compact() }
+    }
+
+    /// Writes the whole state as a new snapshot generation and starts a new journal.
+    /// Called at batch end and when the journal has grown as long as the batch (so its cost,
+    /// O(items), is spread over as many changes: O(1) each).
+    public func compact() throws(StoreError) {
+        guard !poisoned, journalFD >= 0 else { throw .poisoned }
+        do throws(StoreError) {
+            let document = StateDocument(
+                schema: StateDocument.currentSchema, generation: generation + 1, lastSequence: nextSequence - 1,
+                hashAlgorithm: FileHasher.algorithm, writtenBy: writtenBy, savedAt: Date(), batch: batch,
+                settingsHistory: settingsHistory, items: allItems)
+            let data = (try? StateCoding.encoder(pretty: true).encode(document)) ?? Data()
+            try ops.replaceAtomically(Self.path(folder, Self.snapshotName), with: data + Data([0x0a]),
+                                      backup: Self.path(folder, Self.backupName))
+            generation += 1
+            let journal = Self.path(folder, Self.journalName)
+            Foundation.close(journalFD)
+            journalFD = -1
+            try ops.rename(journal, Self.path(folder, Self.previousJournalName))
+            journalFD = open(journal, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            guard journalFD >= 0 else { throw StoreError.io("cannot create the journal", path: journal, errno: errno) }
+            try ops.syncDirectory(folder)
+            recordsSinceCompaction = 0
+        } catch {
+            poisoned = true
+            throw error
+        }
+    }
+
+    /// "Clear history": forgets every item (outputs stay on disk), keeps the batch inputs.
+    /// Written as a new snapshot generation, so the old one stays as `.bak`.
+    public func reset() throws(StoreError) {
+        items.removeAll()
+        try compact()
+    }
+
+    private func apply(_ record: JournalRecord) {
+        if let item = record.item { items[item.key] = item }
+        if let newBatch = record.batch {
+            batch = newBatch
+            settingsHistory[newBatch.settings.fingerprint] = newBatch.settings
+        }
+    }
+
+    // MARK: - Loading and recovery
+
+    private struct Loaded {
+        var document: StateDocument
+        var items: [ItemKey: Item]
+        var lastSequence: Int
+        var report: RecoveryReport
+    }
+
+    private enum Parsed {
+        case document(StateDocument)
+        case future(Int)
+        case legacy([String: LegacyEntry])
+        case corrupt(String)
+    }
+
+    private static func parse(_ data: Data) -> Parsed {
+        guard let object = try? JSONSerialization.jsonObject(with: data), let dictionary = object as? [String: Any] else {
+            return .corrupt(data.isEmpty ? "it is empty" : "it is not a JSON object (truncated or damaged)")
+        }
+        if let schema = dictionary["schema"] as? Int {
+            if schema > StateDocument.currentSchema { return .future(schema) }
+            do { return .document(try StateCoding.decoder.decode(StateDocument.self, from: data)) } catch {
+                return .corrupt("it does not have the shape of a Talkie state file (\(error))")
+            }
+        }
+        if let legacy = LegacyEntry.parseSeedFormat(dictionary) { return .legacy(legacy) }
+        return .corrupt("it is JSON but neither a Talkie state file nor an older tool's (no schema field)")
+    }
+
+    private static func load(folder: String, ops: FileOps, mutate: Bool) throws(StoreError) -> Loaded {
+        var report = RecoveryReport()
+        var base: StateDocument?
+        var hadState = false
+        let stamp = Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: false).timeSeparator(.omitted))
+
+        let snapshotPath = path(folder, snapshotName)
+        if let data = try readFileIfPresent(snapshotPath) {
+            hadState = true
+            switch parse(data) {
+            case .document(let document):
+                base = document
+                report.source = .snapshot
+            case .future(let schema):
+                throw .futureSchema(path: snapshotPath, found: schema, supported: StateDocument.currentSchema)
+            case .legacy(let entries):
+                report.source = .legacy
+                report.legacy = entries
+                report.notes.append("\(snapshotName) is in an older tool's format (MD5 keys): \(entries.values.filter(\.isSuccess).count) successes will be imported")
+                if mutate {
+                    let copy = path(folder, "task_status.legacy-\(stamp).json")
+                    if access(copy, F_OK) != 0 {
+                        try? ops.replaceAtomically(copy, with: data)
+                        report.movedAside.append(copy)
+                    }
+                }
+            case .corrupt(let reason):
+                report.notes.append("\(snapshotName) is unusable: \(reason)")
+                report.needsRebuild = true
+                if mutate {
+                    let aside = path(folder, "\(snapshotName).corrupt-\(stamp)")
+                    try ops.rename(snapshotPath, aside)
+                    try ops.syncDirectory(folder)
+                    report.movedAside.append(aside)
+                    report.notes.append("moved it aside as \((aside as NSString).lastPathComponent)")
+                }
+            }
+        }
+        if base == nil && report.source != .legacy, let data = try readFileIfPresent(path(folder, backupName)) {
+            hadState = true
+            switch parse(data) {
+            case .document(let document):
+                base = document
+                report.source = .backup
+                report.needsRebuild = true
+                report.notes.append("using \(backupName) (generation \(document.generation)) and the journal")
+            case .future(let schema):
+                throw .futureSchema(path: path(folder, backupName), found: schema, supported: StateDocument.currentSchema)
+            case .legacy, .corrupt:
+                report.notes.append("\(backupName) is unusable too")
+                report.needsRebuild = true
+            }
+        }
+
+        var document = base ?? StateDocument.empty(writtenBy: "talkie")
+        var items: [ItemKey: Item] = [:]
+        for item in document.items { items[item.key] = item }
+        var lastSequence = document.lastSequence
+        var expected = lastSequence + 1
+        var gap = false
+        for name in [previousJournalName, journalName] {
+            let records = try readJournal(folder: folder, name: name, ops: ops, mutate: mutate && name == journalName,
+                                          stamp: stamp, report: &report)
+            if !records.isEmpty { hadState = true }
+            for record in records where record.seq > lastSequence {
+                if record.seq != expected { gap = true }
+                if let item = record.item { items[item.key] = item }
+                if let batch = record.batch {
+                    document.batch = batch
+                    document.settingsHistory[batch.settings.fingerprint] = batch.settings
+                }
+                lastSequence = record.seq
+                expected = record.seq + 1
+                report.replayedRecords += 1
+            }
+        }
+        if gap {
+            report.needsRebuild = true
+            report.notes.append("the journal does not continue the snapshot it starts from: some changes may be missing")
+        }
+        if base == nil && report.source != .legacy && hadState {
+            // Complete when it starts at sequence 1 with no gap (a first run that never compacted).
+            report.source = .journal
+        }
+        if !hadState { report.source = .fresh }
+        return Loaded(document: document, items: items, lastSequence: lastSequence, report: report)
+    }
+
+    /// Reads journal records. A last line without its newline is a write torn by a crash: it
+    /// was never acknowledged, so it is dropped (and cut off when `mutate`). A bad line
+    /// before the end is damage: reading stops there, the file is kept aside as evidence.
+    private static func readJournal(folder: String, name: String, ops: FileOps, mutate: Bool, stamp: String,
+                                    report: inout RecoveryReport) throws(StoreError) -> [JournalRecord] {
+        let journalPath = path(folder, name)
+        guard let data = try readFileIfPresent(journalPath), !data.isEmpty else { return [] }
+        var records: [JournalRecord] = []
+        var goodLength = 0
+        var start = data.startIndex
+        var damaged = false
+        while start < data.endIndex {
+            guard let newline = data[start...].firstIndex(of: 0x0a) else {
+                report.notes.append("\(name) ends with a torn write (\(data.endIndex - start) bytes); it was never acknowledged and is dropped")
+                break
+            }
+            let line = data[start..<newline]
+            if !line.isEmpty {
+                guard let record = try? StateCoding.decoder.decode(JournalRecord.self, from: line) else {
+                    report.notes.append("\(name) is damaged at byte \(start - data.startIndex); changes after it are recovered from the outputs")
+                    report.needsRebuild = true
+                    damaged = true
+                    break
+                }
+                records.append(record)
+            }
+            start = newline + 1
+            goodLength = start - data.startIndex
+        }
+        if mutate && goodLength < data.count {
+            if damaged {
+                let aside = path(folder, "\(name).corrupt-\(stamp)")
+                try? ops.replaceAtomically(aside, with: data)
+                report.movedAside.append(aside)
+            }
+            let fd = open(journalPath, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw .io("cannot open the journal", path: journalPath, errno: errno) }
+            defer { Foundation.close(fd) }
+            try ops.truncate(fd: fd, length: goodLength, path: journalPath)
+            try ops.sync(fd: fd, path: journalPath)
+        }
+        return records
+    }
+
+    private static func sweepTempFiles(folder: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix(snapshotName) && name.contains(".tmp-") {
+            unlink(path(folder, name))
+        }
+    }
+
+    static func path(_ folder: String, _ name: String) -> String {
+        (folder as NSString).appendingPathComponent(name)
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+import TalkieCore
+
+/// Shows a run's events: a live progress bar on a terminal, plain lines otherwise, or JSON
+/// lines for scripts. Used from one task only.
+final class EventPrinter: @unchecked Sendable {
+    enum Mode { case terminal, plain, json }
+
+    private let mode: Mode
+    private let outputs: String
+    private var total = 0
+    private var finished = 0
+    private var current: (name: String, frame: Int, frames: Int)?
+    private var itemStarted = Date()
+    private var renderSeconds: [Double] = []
+    private var toRender = 0
+    private var statusLineShown = false
+
+    init(mode: Mode, outputs: String) {
+        self.mode = mode
+        self.outputs = outputs
+    }
+
+    func print(_ event: BatchEvent) {
+        if mode == .json {
+            write(event.jsonLine(at: Date()) + "\n")
+            return
+        }
+        switch event {
+        case .batchStarted(let total, let toRender, let settings):
+            self.total = total
+            self.toRender = toRender
+            finished = total - toRender
+            line("batch: \(total) items, \(toRender) to render, \(total - toRender) already done (\(settings))")
+        case .itemQueued:
+            break
+        case .itemStarted(_, let name, let attempt):
+            current = (name, 0, 0)
+            itemStarted = Date()
+            if mode == .plain { line("rendering \(name)\(attempt > 1 ? " (attempt \(attempt))" : "")") }
+        case .itemProgress(_, let frame, let frames):
+            if let name = current?.name { current = (name, frame, frames) }
+        case .itemSucceeded(_, let name, let output, let seconds, let score):
+            finished += 1
+            renderSeconds.append(seconds)
+            current = nil
+            let scoreText = score.map { String(format: ", lip-sync %.2f", $0) } ?? ""
+            line("done  \(name) -> \(outputs)/\(output) (\(String(format: "%.1f", seconds)) s\(scoreText))")
+        case .itemFailed(_, let name, let error, let willRetry):
+            if !willRetry { finished += 1 }
+            current = nil
+            line("\(willRetry ? "retry" : "FAIL ") \(name): \(error.message)\(willRetry ? " (will retry)" : "")")
+        case .itemStopped(_, let name):
+            current = nil
+            line("stopped \(name); it returns to the queue")
+        case .warning(let message):
+            line("note: \(message)")
+        case .batchFinished(let summary):
+            current = nil
+            var text = "finished: \(summary.succeeded)/\(summary.total) done, \(summary.failed) failed, \(summary.pending) pending; rendered \(summary.renderedThisRun) this run."
+            if summary.interrupted { text += ". Interrupted: run the same command again to continue." }
+            if summary.failed > 0 { text += " See `talkie status --out \(outputs)`; retry with `talkie retry --out \(outputs) --failed`." }
+            text += " Keep a backup of \(outputs)/task_status.json."
+            line(text)
+        }
+        if mode == .terminal { drawStatusLine() }
+    }
+
+    func note(_ message: String) { line(message) }
+
+    func error(_ message: String) {
+        clearStatusLine()
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    }
+
+    func finish() { clearStatusLine() }
+
+    private func line(_ text: String) {
+        clearStatusLine()
+        write(text + "\n")
+    }
+
+    private func drawStatusLine() {
+        guard let current else { return clearStatusLine() }
+        let width = 24
+        let itemFraction = current.frames > 0 ? Double(current.frame) / Double(current.frames) : 0
+        let overall = total > 0 ? (Double(finished) + itemFraction) / Double(total) : 0
+        let filled = Int(overall * Double(width))
+        let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
+        var text = "[\(finished)/\(total)] \(bar) \(Int(overall * 100))%  \(current.name)"
+        if current.frames > 0 { text += " frame \(current.frame)/\(current.frames)" }
+        if let eta = eta(itemFraction: itemFraction) { text += "  ETA \(eta)" }
+        write("\r\u{1B}[K" + text)
+        statusLineShown = true
+    }
+
+    private func eta(itemFraction: Double) -> String? {
+        let elapsed = Date().timeIntervalSince(itemStarted)
+        let perItem: Double
+        if !renderSeconds.isEmpty {
+            perItem = renderSeconds.reduce(0, +) / Double(renderSeconds.count)
+        } else if itemFraction > 0.05 {
+            perItem = elapsed / itemFraction
+        } else {
+            return nil
+        }
+        let remainingItems = Double(max(0, total - finished - 1))
+        let seconds = Int(max(0, perItem * remainingItems + max(0, perItem - elapsed)))
+        return seconds >= 3600 ? "\(seconds / 3600)h\(seconds % 3600 / 60)m" : "\(seconds / 60)m\(String(format: "%02d", seconds % 60))s"
+    }
+
+    private func clearStatusLine() {
+        if statusLineShown { write("\r\u{1B}[K") }
+        statusLineShown = false
+    }
+
+    private func write(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+}

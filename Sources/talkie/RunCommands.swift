@@ -1,0 +1,109 @@
+import ArgumentParser
+import Foundation
+import TalkieCore
+import TalkieRunner
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Render every template with the narration; resume where a previous run stopped.",
+        discussion: """
+        Finished items are never rendered again: identity is the content of the files, so a
+        renamed or moved template is recognised. New templates in the folder are appended.
+        Ctrl-C stops now (the current item returns to pending); run again to continue.
+        Without --audio/--videos the batch recorded in --out is continued.
+        """)
+
+    @Option(name: .long, help: ArgumentHelp("The narration (wav, mp3, m4a, ...).", valueName: "file"))
+    var audio: String?
+
+    @Option(name: .long, parsing: .upToNextOption,
+            help: ArgumentHelp("Template videos: files and/or folders (searched recursively).", valueName: "path"))
+    var videos: [String] = []
+
+    @OptionGroup var batch: BatchOptions
+
+    func run() async throws {
+        try await BatchCommand.execute(batch.configuration(audio: audio, videos: videos, retry: nil), json: batch.json)
+    }
+}
+
+struct Retry: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Render again what failed, or what was made with other settings, then continue the batch.",
+        discussion: """
+        Change settings and re-render only what they affect:
+          talkie retry --out outputs/ --all-with-other-settings --tempo 1.1
+        Successes made with the current settings are never touched.
+        """)
+
+    @Flag(name: .long, help: "Failed items go back to the queue with fresh attempts.")
+    var failed = false
+
+    @Flag(name: .long, help: "Successes made with settings other than the current ones are rendered again.")
+    var allWithOtherSettings = false
+
+    @OptionGroup var batch: BatchOptions
+
+    func validate() throws {
+        guard failed != allWithOtherSettings else {
+            throw ValidationError("say what to retry: --failed or --all-with-other-settings")
+        }
+    }
+
+    func run() async throws {
+        let request: RetryRequest = failed ? .failed : .otherSettings
+        try await BatchCommand.execute(batch.configuration(audio: nil, videos: [], retry: request), json: batch.json)
+    }
+}
+
+/// Runs a batch with a printer and signal handling, and exits with the documented code.
+enum BatchCommand {
+    static func execute(_ configuration: RunConfiguration, json: Bool) async throws {
+        let runner = BatchRunner(configuration, version: "talkie \(Talkie.version)")
+        let printer = EventPrinter(mode: json ? .json : (isatty(STDOUT_FILENO) == 1 ? .terminal : .plain),
+                                   outputs: configuration.outputs)
+        let signals = SignalWatcher([SIGINT, SIGTERM])
+        let result: Result<BatchSummary, any Error> = await withTaskGroup(of: Result<BatchSummary, any Error>?.self) { group in
+            group.addTask {
+                for await event in runner.events { printer.print(event) }
+                return nil
+            }
+            group.addTask {
+                do { return .success(try await runner.run()) } catch { return .failure(error) }
+            }
+            group.addTask {
+                guard let signal = await signals.next() else { return nil }
+                printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
+                return nil
+            }
+            var outcome: Result<BatchSummary, any Error>?
+            var signalled = false
+            while let next = await group.next() {
+                if let next {
+                    outcome = next
+                    group.cancelAll()
+                } else if outcome == nil && !signalled {
+                    // A signal (or the end of the event stream): stop the run; its result follows.
+                    signalled = true
+                    group.cancelAll()
+                    signals.exitOnNextSignal(ExitStatus.interrupted)
+                }
+            }
+            return outcome ?? .failure(CancellationError())
+        }
+        printer.finish()
+        switch result {
+        case .success(let summary):
+            if summary.interrupted { throw ExitCode(ExitStatus.interrupted) }
+            if summary.failed > 0 { throw ExitCode(ExitStatus.someFailed) }
+        case .failure(let error as any TalkieError):
+            printer.error(error.message)
+            throw ExitCode(ExitStatus.badInput)
+        case .failure(is CancellationError):
+            throw ExitCode(ExitStatus.interrupted)
+        case .failure(let error):
+            printer.error("\(error)")
+            throw ExitCode(ExitStatus.badInput)
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import Dispatch
+import Foundation
+
+/// Turns SIGINT/SIGTERM into an async sequence instead of killing the process, so a stop
+/// can end the current item cleanly.
+final class SignalWatcher: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
+    private let stream: AsyncStream<Int32>
+    private let lock = NSLock()
+    private var exitCode: Int32?
+
+    init(_ signals: [Int32]) {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        self.stream = stream
+        var sources: [any DispatchSourceSignal] = []
+        for number in signals {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            sources.append(source)
+        }
+        self.sources = sources
+        for (source, number) in zip(sources, signals) {
+            source.setEventHandler { [weak self] in
+                if let code = self?.pendingExit() { exit(code) }
+                continuation.yield(number)
+            }
+            source.resume()
+        }
+    }
+
+    deinit { for source in sources { source.cancel() } }
+
+    /// The next signal; nil when the waiting task is cancelled.
+    func next() async -> Int32? {
+        var iterator = stream.makeAsyncIterator()
+        return await iterator.next()
+    }
+
+    /// A second signal ends the process at once with `code`.
+    func exitOnNextSignal(_ code: Int32) {
+        lock.withLock { exitCode = code }
+    }
+
+    private func pendingExit() -> Int32? { lock.withLock { exitCode } }
+}

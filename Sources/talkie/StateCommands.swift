@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import TalkieCore
+import TalkieStore
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show every item: status, attempts, error, output, lip-sync score.",
+        discussion: "Reads the state without changing it; safe while a run is going on.")
+
+    @Option(name: .long, help: ArgumentHelp("The output folder.", valueName: "folder"))
+    var out: String
+
+    @Flag(name: .long, help: "Print the state as JSON.")
+    var json = false
+
+    func run() async throws {
+        let folder = URL(fileURLWithPath: out).standardizedFileURL.path
+        guard FileManager.default.fileExists(atPath: folder) else {
+            FileHandle.standardError.write(Data("error: \(out) does not exist; there is no batch there yet\n".utf8))
+            throw ExitCode(ExitStatus.badInput)
+        }
+        let state: (document: StateDocument, report: RecoveryReport)
+        do { state = try StateStore.read(folder: folder) } catch {
+            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            throw ExitCode(ExitStatus.badInput)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            encoder.dateEncodingStrategy = .iso8601
+            FileHandle.standardOutput.write(try encoder.encode(state.document) + Data("\n".utf8))
+            return
+        }
+        for note in state.report.notes { print("note: \(note)") }
+        let items = state.document.items
+        if items.isEmpty {
+            print(state.report.source == .legacy ? "an older tool's state is here; `talkie run` imports it" : "no items in \(out) yet")
+            return
+        }
+        let current = state.document.batch?.settings.fingerprint
+        print(pad("ITEM", 28) + pad("STATUS", 9) + pad("TRIES", 6) + pad("SCORE", 6) + "OUTPUT / ERROR")
+        for item in items {
+            var detail = item.state.output ?? ""
+            if item.state.status == .success, let fingerprint = item.state.settingsFingerprint, fingerprint != current {
+                detail += " (other settings)"
+            }
+            if item.state.status != .success, let error = item.state.lastError { detail = "\(error.kind.rawValue): \(error.message)" }
+            let names = item.names.map { ($0 as NSString).lastPathComponent }
+            let name = names.first.map { names.count > 1 ? "\($0) (+\(names.count - 1))" : $0 } ?? item.key.short
+            print(pad(name, 28) + pad(item.state.status.rawValue, 9) + pad(String(item.state.attempts), 6)
+                  + pad(item.score.map { String(format: "%.2f", $0) } ?? "-", 6) + detail)
+        }
+        var counts: [ItemStatus: Int] = [:]
+        for item in items { counts[item.state.status, default: 0] += 1 }
+        print("\(items.count) items: " + ItemStatus.allCases.map { "\(counts[$0] ?? 0) \($0.rawValue)" }.joined(separator: ", ")
+              + "; generation \(state.document.generation)")
+    }
+
+    private func pad(_ text: String, _ width: Int) -> String {
+        let clipped = text.count > width - 1 ? String(text.prefix(width - 2)) + "…" : text
+        return clipped + String(repeating: " ", count: max(1, width - clipped.count))
+    }
+}
+
+struct Reset: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Clear history: forget every item's state. Output videos stay where they are.",
+        discussion: "The previous state is kept as task_status.json.bak. The next run renders everything again.")
+
+    @Option(name: .long, help: ArgumentHelp("The output folder.", valueName: "folder"))
+    var out: String
+
+    @Flag(name: .long, help: "Confirm: yes, forget the state.")
+    var yes = false
+
+    func validate() throws {
+        guard yes else { throw ValidationError("reset forgets which items are done (outputs are kept); add --yes to confirm") }
+    }
+
+    func run() async throws {
+        let folder = URL(fileURLWithPath: out).standardizedFileURL.path
+        do {
+            let lock = try StoreLock(folder: folder)
+            defer { lock.release() }
+            let store = try StateStore(folder: folder, writtenBy: "talkie \(Talkie.version)")
+            let count = store.count
+            try store.reset()
+            store.close()
+            print("forgot \(count) items; outputs are kept in \(out); the previous state is in \(out)/task_status.json.bak")
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+            throw ExitCode(ExitStatus.badInput)
+        }
+    }
+}
