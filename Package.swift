@@ -52,6 +52,9 @@ let package = Package(
         ),
         .testTarget(name: "TalkieCoreTests", dependencies: ["TalkieCore"], swiftSettings: settings),
         .testTarget(name: "TalkieStoreTests", dependencies: ["TalkieStore"], swiftSettings: settings),
-        .testTarget(name: "TalkieRunnerTests", dependencies: ["TalkieRunner"], swiftSettings: settings),
+        .testTarget(name: "TalkieRunnerTests", dependencies: [
+            "TalkieRunner",
+            .product(name: "Subprocess", package: "swift-subprocess"),
+        ], swiftSettings: settings),
     ]
 )

@@ -105,12 +105,15 @@ extension BatchEvent {
         return fields
     }
 
-    /// One JSON line (no newline) with an ISO-8601 timestamp first.
+    /// One JSON line (no newline): `{"time":…,"event":…, other fields sorted}`.
     public func jsonLine(at date: Date) -> String {
-        var object = fields
-        object["time"] = .string(date.formatted(.iso8601.year().month().day().timeZone(separator: .omitted).time(includingFractionalSeconds: true).dateSeparator(.dash).timeSeparator(.colon)))
+        var rest = fields
+        rest["event"] = nil
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: (try? encoder.encode(object)) ?? Data(), as: UTF8.self)
+        let body = String(decoding: (try? encoder.encode(rest)) ?? Data("{}".utf8), as: UTF8.self)
+        let time = date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        let head = "{\"time\":\"\(time)\",\"event\":\"\(name)\""
+        return body == "{}" ? head + "}" : head + "," + body.dropFirst()
     }
 }

@@ -220,8 +220,8 @@ public actor BatchRunner {
         let logPath = path(".talkie/logs/\(key.id).log")
         sink.redirect(to: logPath)
         defer { sink.redirect(to: nil) }
-        let engineOutput = path(".talkie/tmp/\(key.id).engine.mp4")
-        unlink(engineOutput)
+        // Unique per attempt: a worker orphaned by a killed run can never write over this one's file.
+        let engineOutput = path(".talkie/tmp/\(key.id)-\(UUID().uuidString.prefix(8)).engine.mp4")
         let job = RenderJob(id: "\(key.id)-\(item.state.attempts)", video: video, audio: audio.path, output: engineOutput,
                             itemKey: key, params: settings.engineParams, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
                             duration: audio.duration)
@@ -244,7 +244,7 @@ public actor BatchRunner {
         case .done(_, let score):
             let tags = OutputTags(itemKey: key.id, settingsFingerprint: settings.fingerprint, templateName: item.displayName)
             let name = outputName(for: item)
-            let staged = path(".talkie/tmp/\(key.id).mp4")
+            let staged = engineOutput.replacingOccurrences(of: ".engine.mp4", with: ".mp4")
             do {
                 try await OutputFinisher.stamp(engineOutput: engineOutput, tags: tags, destination: staged)
                 try await OutputFinisher.verify(staged, expectedDuration: audio.duration, tags: tags)

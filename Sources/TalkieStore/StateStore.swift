@@ -57,6 +57,7 @@ public final class StateStore {
     private var poisoned = false
     private let ops: FileOps
     private let writtenBy: String
+    private let compactionInterval: Int
 
     /// `task_status.json`.
     public static let snapshotName = "task_status.json"
@@ -65,11 +66,14 @@ public final class StateStore {
     static let previousJournalName = "task_status.journal.prev"
 
     /// Opens the state of `folder` for writing: recovers it, sweeps stale temp files, opens
-    /// the journal. The caller must hold the folder's `StoreLock`.
-    public init(folder: String, ops: FileOps = .system, writtenBy: String = "talkie") throws(StoreError) {
+    /// the journal. The caller must hold the folder's `StoreLock`. The journal is compacted
+    /// once it holds `compactionInterval` records or as many as there are items.
+    public init(folder: String, ops: FileOps = .system, writtenBy: String = "talkie",
+                compactionInterval: Int = 2_000) throws(StoreError) {
         self.folder = folder
         self.ops = ops
         self.writtenBy = writtenBy
+        self.compactionInterval = compactionInterval
         let loaded = try Self.load(folder: folder, ops: ops, mutate: true)
         self.recovery = loaded.report
         self.items = loaded.items
@@ -143,7 +147,7 @@ public final class StateStore {
         }
         for record in records { apply(record) }
         recordsSinceCompaction += records.count
-        if recordsSinceCompaction >= max(2_000, items.count) { try compact() }
+        if recordsSinceCompaction >= max(compactionInterval, items.count) { try compact() }
     }
 
     /// Writes the whole state as a new snapshot generation and starts a new journal.

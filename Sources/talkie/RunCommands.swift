@@ -63,34 +63,28 @@ enum BatchCommand {
         let printer = EventPrinter(mode: json ? .json : (isatty(STDOUT_FILENO) == 1 ? .terminal : .plain),
                                    outputs: configuration.outputs)
         let signals = SignalWatcher([SIGINT, SIGTERM])
+        // The printer drains the event stream to its end, also after a stop: it is not part
+        // of the group that a signal cancels.
+        async let printed: Void = { for await event in runner.events { printer.print(event) } }()
         let result: Result<BatchSummary, any Error> = await withTaskGroup(of: Result<BatchSummary, any Error>?.self) { group in
-            group.addTask {
-                for await event in runner.events { printer.print(event) }
-                return nil
-            }
             group.addTask {
                 do { return .success(try await runner.run()) } catch { return .failure(error) }
             }
             group.addTask {
                 guard let signal = await signals.next() else { return nil }
                 printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
+                signals.exitOnNextSignal(ExitStatus.interrupted)
                 return nil
             }
             var outcome: Result<BatchSummary, any Error>?
-            var signalled = false
-            while let next = await group.next() {
-                if let next {
-                    outcome = next
-                    group.cancelAll()
-                } else if outcome == nil && !signalled {
-                    // A signal (or the end of the event stream): stop the run; its result follows.
-                    signalled = true
-                    group.cancelAll()
-                    signals.exitOnNextSignal(ExitStatus.interrupted)
-                }
+            while outcome == nil, let next = await group.next() {
+                // The run's result, or a signal: either way the other task is cancelled.
+                group.cancelAll()
+                outcome = next
             }
             return outcome ?? .failure(CancellationError())
         }
+        await printed
         printer.finish()
         switch result {
         case .success(let summary):

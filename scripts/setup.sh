@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what Talkie needs on Debian 12 and builds it. Safe to run again: it only does
+# what is missing. Used by scripts/demo.sh and scripts/test.sh (and so by README and CI).
+#   scripts/setup.sh            runtime: apt packages, the engine's Python venv, the Swift build
+#   scripts/setup.sh --tests    also the test tools (pytest, scikit-image) and the test build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WITH_TESTS=0
+[ "${1:-}" = "--tests" ] && WITH_TESTS=1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# 1. Debian packages.
+APT_PACKAGES=(ffmpeg espeak-ng libxxhash-dev xxhash python3 python3-venv python3-pip pkg-config strace procps)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 2. Swift (not in Debian's archive: the toolchain must already be on PATH).
+if ! command -v swift >/dev/null 2>&1; then
+    for candidate in /opt/swift/usr/bin /usr/share/swift/usr/bin; do
+        [ -x "$candidate/swift" ] && export PATH="$candidate:$PATH"
+    done
+fi
+command -v swift >/dev/null 2>&1 || {
+    echo "error: Swift 6.2 or newer is needed (swift was not found on PATH or in /opt/swift)." >&2
+    exit 2
+}
+
+# 3. The engines' Python environment (PyPI only, pinned), rebuilt when the pins change.
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON=$(command -v python3)
+REQUIREMENTS=(engines/requirements.txt)
+[ $WITH_TESTS -eq 1 ] && [ -f engines/requirements-test.txt ] && REQUIREMENTS+=(engines/requirements-test.txt)
+stamp=$(cat "${REQUIREMENTS[@]}" engines/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then
+    say "installing the engine's Python environment in .venv"
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+    args=()
+    for file in "${REQUIREMENTS[@]}"; do args+=(-r "$file"); done
+    [ -f engines/constraints.txt ] && args+=(-c engines/constraints.txt)
+    .venv/bin/python -m pip install -q "${args[@]}"
+    [ -f engines/requirements-nodeps.txt ] && .venv/bin/python -m pip install -q --no-deps -r engines/requirements-nodeps.txt
+    echo "$stamp" > .venv/.talkie-stamp
+fi
+
+# 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).
+say "building Talkie (a first build takes a few minutes)"
+if [ $WITH_TESTS -eq 1 ]; then
+    swift build --build-tests 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
+else
+    swift build --product talkie 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
+fi
+mkdir -p bin && ln -sf "$ROOT/.build/debug/talkie" bin/talkie

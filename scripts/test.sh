@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: the engines' pytest suites, then
+# the Swift Testing suites (unit, store crash/corruption, end-to-end with the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
+
+status=0
+if [ -d engines/tests ] && [ -x .venv/bin/python ]; then
+    printf '\033[1m==> engine tests (pytest)\033[0m\n'
+    .venv/bin/python -m pytest -q engines/tests || status=$?
+fi
+printf '\033[1m==> Swift tests\033[0m\n'
+swift test --skip-build --disable-xctest || status=$?
+exit $status
