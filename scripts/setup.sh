@@ -39,8 +39,8 @@ command -v swift >/dev/null 2>&1 || {
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
 REQUIREMENTS=(engines/requirements.txt)
-[ $WITH_TESTS -eq 1 ] && [ -f engines/requirements-test.txt ] && REQUIREMENTS+=(engines/requirements-test.txt)
-stamp=$(cat "${REQUIREMENTS[@]}" engines/constraints.txt 2>/dev/null | sha256sum | cut -c1-16)
+[ -f engines/requirements-test.txt ] && REQUIREMENTS+=(engines/requirements-test.txt)
+stamp=$(cat "${REQUIREMENTS[@]}" engines/constraints.txt engines/requirements-nodeps.txt 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then
     say "installing the engine's Python environment in .venv"
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

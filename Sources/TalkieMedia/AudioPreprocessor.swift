@@ -24,7 +24,7 @@ public enum AudioPreprocessor {
             let info = try await MediaProbe.probe(output)
             if info.hasAudio, let duration = info.audioDuration, duration > 0 { return duration }
         }
-        let temp = output + ".tmp-\(getpid()).wav"
+        let temp = output + ".tmp-\(UUID().uuidString.prefix(8)).wav"  // unique: two slots may prepare at once
         var arguments = ["-nostdin", "-v", "error", "-y", "-i", Tool.fileArgument(audio), "-vn",
                          "-af", filterChain(for: settings)]
         arguments += ["-ar", String(sampleRate ?? 48_000)]

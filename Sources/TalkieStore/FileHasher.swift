@@ -97,8 +97,6 @@ struct MD5 {
     }
 
     private mutating func process(block: UnsafeRawPointer) {
-        var words = [UInt32](repeating: 0, count: 16)
-        for index in 0..<16 { words[index] = UInt32(littleEndian: block.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)) }
         var (a, b, c, d) = state
         for index in 0..<64 {
             var f: UInt32
@@ -109,7 +107,7 @@ struct MD5 {
             case 32..<48: f = b ^ c ^ d; g = (3 * index + 5) % 16
             default: f = c ^ (b | ~d); g = (7 * index) % 16
             }
-            f = f &+ a &+ Self.constants[index] &+ words[g]
+            f = f &+ a &+ Self.constants[index] &+ UInt32(littleEndian: block.loadUnaligned(fromByteOffset: g * 4, as: UInt32.self))
             a = d; d = c; c = b
             b = b &+ ((f << Self.shifts[index]) | (f >> (32 - Self.shifts[index])))
         }

@@ -2,8 +2,9 @@ import Foundation
 import TalkieCore
 
 /// Shows a run's events: a live progress bar on a terminal, plain lines otherwise, or JSON
-/// lines for scripts. Used from one task only.
+/// lines for scripts. Its lock lets the event task and the signal task share it.
 final class EventPrinter: @unchecked Sendable {
+    private let lock = NSLock()
     enum Mode { case terminal, plain, json }
 
     private let mode: Mode
@@ -22,6 +23,21 @@ final class EventPrinter: @unchecked Sendable {
     }
 
     func print(_ event: BatchEvent) {
+        lock.withLock { show(event) }
+    }
+
+    func note(_ message: String) { lock.withLock { line(message) } }
+
+    func error(_ message: String) {
+        lock.withLock {
+            clearStatusLine()
+            FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        }
+    }
+
+    func finish() { lock.withLock { clearStatusLine() } }
+
+    private func show(_ event: BatchEvent) {
         if mode == .json {
             write(event.jsonLine(at: Date()) + "\n")
             return
@@ -66,17 +82,10 @@ final class EventPrinter: @unchecked Sendable {
         if mode == .terminal { drawStatusLine() }
     }
 
-    func note(_ message: String) { line(message) }
-
-    func error(_ message: String) {
-        clearStatusLine()
-        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    }
-
-    func finish() { clearStatusLine() }
-
     private func line(_ text: String) {
         clearStatusLine()
+        // In JSON mode stdout carries only events; notes go to stderr.
+        if mode == .json { return FileHandle.standardError.write(Data((text + "\n").utf8)) }
         write(text + "\n")
     }
 

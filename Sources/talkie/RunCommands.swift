@@ -9,7 +9,8 @@ struct Run: AsyncParsableCommand {
         discussion: """
         Finished items are never rendered again: identity is the content of the files, so a
         renamed or moved template is recognised. New templates in the folder are appended.
-        Ctrl-C stops now (the current item returns to pending); run again to continue.
+        Ctrl-C (or SIGTERM) stops now: the current item returns to pending. SIGUSR1 pauses:
+        the current item finishes, then the run ends. Run again to continue.
         Without --audio/--videos the batch recorded in --out is continued.
         """)
 
@@ -62,7 +63,7 @@ enum BatchCommand {
         let runner = BatchRunner(configuration, version: "talkie \(Talkie.version)")
         let printer = EventPrinter(mode: json ? .json : (isatty(STDOUT_FILENO) == 1 ? .terminal : .plain),
                                    outputs: configuration.outputs)
-        let signals = SignalWatcher([SIGINT, SIGTERM])
+        let signals = SignalWatcher([SIGINT, SIGTERM, SIGUSR1])
         // The printer drains the event stream to its end, also after a stop: it is not part
         // of the group that a signal cancels.
         async let printed: Void = { for await event in runner.events { printer.print(event) } }()
@@ -71,9 +72,16 @@ enum BatchCommand {
                 do { return .success(try await runner.run()) } catch { return .failure(error) }
             }
             group.addTask {
-                guard let signal = await signals.next() else { return nil }
-                printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
-                signals.exitOnNextSignal(ExitStatus.interrupted)
+                for await signal in signals.stream {
+                    if signal == SIGUSR1 {
+                        printer.note("pausing: the current item finishes, then the run ends")
+                        await runner.pause()
+                        continue
+                    }
+                    printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
+                    signals.exitOnNextSignal(ExitStatus.interrupted)
+                    return nil
+                }
                 return nil
             }
             var outcome: Result<BatchSummary, any Error>?

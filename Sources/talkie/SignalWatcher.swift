@@ -1,11 +1,12 @@
 import Dispatch
 import Foundation
 
-/// Turns SIGINT/SIGTERM into an async sequence instead of killing the process, so a stop
+/// Turns signals into an async sequence instead of letting them kill the process, so a stop
 /// can end the current item cleanly.
 final class SignalWatcher: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
-    private let stream: AsyncStream<Int32>
+    /// The signals received, in order.
+    let stream: AsyncStream<Int32>
     private let lock = NSLock()
     private var exitCode: Int32?
 
@@ -29,12 +30,6 @@ final class SignalWatcher: @unchecked Sendable {
     }
 
     deinit { for source in sources { source.cancel() } }
-
-    /// The next signal; nil when the waiting task is cancelled.
-    func next() async -> Int32? {
-        var iterator = stream.makeAsyncIterator()
-        return await iterator.next()
-    }
 
     /// A second signal ends the process at once with `code`.
     func exitOnNextSignal(_ code: Int32) {

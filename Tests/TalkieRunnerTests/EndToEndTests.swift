@@ -24,6 +24,31 @@ import TalkieCore
         let log = try String(contentsOfFile: workspace.outputs + "/talkie.log", encoding: .utf8)
         #expect(log.split(separator: "\n").allSatisfy { $0.hasPrefix("{\"time\":\"") && $0.contains("\"event\":") })
         #expect(log.contains("item_succeeded"))
+        let itemLog = try String(contentsOfFile: workspace.outputs + "/.talkie/logs/\(state.items[0].key.id).log", encoding: .utf8)
+        #expect(itemLog.contains("test engine: rendering"), "the worker's stderr is kept in the item's log")
+    }
+
+    @Test func twoSlotsRenderEveryItemOnce() async throws {
+        let workspace = try await Workspace()
+        for n in 1...4 { try await workspace.addTemplate(n, as: "t\(n).mp4") }
+        let result = try await workspace.run(["--slots", "2"])
+        #expect(result.code == 0, "\(result.all)")
+        #expect((1...4).map { workspace.renderCount("t\($0).mp4") } == [1, 1, 1, 1])
+    }
+
+    @Test func sigusr1PausesAfterTheCurrentItem() async throws {
+        let workspace = try await Workspace()
+        for n in 1...3 { try await workspace.addTemplate(n, as: "t\(n).mp4") }
+        let paused = try await workspace.run(environment: ["TALKIE_TEST_ENGINE_DELAY": "0.1"]) { pid in
+            try await workspace.waitForRenders(1)
+            kill(pid, SIGUSR1)
+        }
+        #expect(paused.code == 3, "\(paused.all)")
+        let state = try await workspace.status().items
+        #expect(state.filter { $0.state.status == .success }.count == 1, "the current item finished")
+        #expect(state.filter { $0.state.status == .pending }.count == 2)
+        #expect(try await workspace.run().code == 0)
+        #expect(workspace.renders().count == 3)
     }
 
     @Test func afterSIGKILLOnlyTheRestRenders() async throws {

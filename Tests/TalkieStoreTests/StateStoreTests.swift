@@ -109,6 +109,26 @@ import TalkieCore
         store.close()
     }
 
+    @Test func aFullDiskFailsTheCommitAndKeepsThePreviousState() throws {
+        let folder = TemporaryFolder()
+        do {
+            let store = try StateStore(folder: folder.path)
+            try store.commit([makeItem(1, status: .success)])
+            store.close()
+        }
+        let noSpace = StoreError.io("cannot write", path: "journal", errno: ENOSPC)
+        let full = FileOps { operation throws(StoreError) in
+            if case .write = operation { throw noSpace }
+        }
+        let store = try StateStore(folder: folder.path, ops: full)
+        #expect(throws: noSpace) { try store.commit([makeItem(2)]) }
+        #expect(throws: StoreError.poisoned) { try store.commit([makeItem(3)]) }
+        store.close()
+        #expect(noSpace.message.contains("No space left on device"))
+        let after = try StateStore.read(folder: folder.path).document.items
+        #expect(after.count == 1 && after.first?.state.status == .success)
+    }
+
     @Test func lockIsExclusive() throws {
         let folder = TemporaryFolder()
         let lock = try StoreLock(folder: folder.path)
