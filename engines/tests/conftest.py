@@ -1,0 +1,130 @@
+"""Shared fixtures: sample media generated once per session, a live worker."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import queue
+
+import pytest
+
+ENGINES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSIC = os.path.join(ENGINES, "classic")
+for p in (ENGINES, CLASSIC):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import media_samples  # noqa: E402
+
+TEMPLATE_SECONDS = 3.0
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory):
+    """Small sample media: 3 s templates (close-up 512, wide, no face, a 1.2 s close-up) and narrations."""
+    d = str(tmp_path_factory.mktemp("media"))
+    media_samples.generate(d, seconds=TEMPLATE_SECONDS, templates=("closeup-512", "wide-512", "noface-512"),
+                           narrations=False)
+    short = os.path.join(d, "templates", "closeup-512-short.mp4")
+    media_samples.render_template(short, "closeup-512", 1.2)
+    media_samples.synth_speech(os.path.join(d, "narration-en.wav"), "en-us", media_samples.ENGLISH_TEXT, 4.0)
+    media_samples.synth_speech(os.path.join(d, "narration-zh.wav"), "cmn-latn-pinyin",
+                               media_samples.MANDARIN_TEXT, 2.0)
+    return {
+        "dir": d,
+        "closeup": os.path.join(d, "templates", "closeup-512.mp4"),
+        "wide": os.path.join(d, "templates", "wide-512.mp4"),
+        "noface": os.path.join(d, "templates", "noface-512.mp4"),
+        "short": short,
+        "en": os.path.join(d, "narration-en.wav"),
+        "zh": os.path.join(d, "narration-zh.wav"),
+    }
+
+
+class Worker:
+    """A real worker subprocess speaking the protocol."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, os.path.join(CLASSIC, "worker.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _pump_err(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def recv(self, timeout=120.0):
+        line = self.lines.get(timeout=timeout)
+        if line is None:
+            return None
+        # every stdout line must be a protocol message
+        msg = json.loads(line)
+        assert isinstance(msg, dict) and "type" in msg, line
+        return msg
+
+    def send(self, msg: dict):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def render(self, req: dict, timeout=180.0):
+        """Send a render request; returns (final message, all messages for it)."""
+        self.send(dict(req, type="render"))
+        seen = []
+        while True:
+            msg = self.recv(timeout)
+            assert msg is not None, "worker exited: " + "".join(self.stderr[-20:])
+            seen.append(msg)
+            if msg.get("type") in ("done", "error"):
+                assert msg.get("id") == req["id"]
+                return msg, seen
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.send({"type": "shutdown"})
+                self.proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker():
+    w = Worker()
+    hello = w.recv(timeout=90)
+    assert hello is not None, "".join(w.stderr)
+    w.hello = hello
+    yield w
+    w.close()
+
+
+def ffprobe_duration(path: str, stream: str | None = None) -> float:
+    args = ["ffprobe", "-v", "error"]
+    if stream:
+        args += ["-select_streams", stream, "-show_entries", "stream=duration"]
+    else:
+        args += ["-show_entries", "format=duration"]
+    out = subprocess.run(args + ["-of", "default=nw=1:nk=1", path], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[0])
+
+
+def ffprobe_streams(path: str) -> list[dict]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,pix_fmt,"
+                          "width,height,nb_frames", "-of", "json", path],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["streams"]
