@@ -28,11 +28,11 @@ public enum Tool {
         public var error: String
     }
 
-    /// Runs `name` (looked up on PATH) with `arguments` to the end.
+    /// Runs `name` (a path, or a name looked up on PATH) with `arguments` to the end.
     public static func run(_ name: String, _ arguments: [String]) async throws(MediaError) -> Result {
         do {
             let result = try await Subprocess.run(
-                .name(name), arguments: Arguments(arguments),
+                name.contains("/") ? .path(.init(name)) : .name(name), arguments: Arguments(arguments),
                 output: .string(limit: 64 << 20), error: .string(limit: 4 << 20))
             let code: Int32 = switch result.terminationStatus {
             case .exited(let code): code

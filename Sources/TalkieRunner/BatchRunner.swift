@@ -222,8 +222,10 @@ public actor BatchRunner {
         defer { sink.redirect(to: nil) }
         // Unique per attempt: a worker orphaned by a killed run can never write over this one's file.
         let engineOutput = path(".talkie/tmp/\(key.id)-\(UUID().uuidString.prefix(8)).engine.mp4")
+        var params = settings.engineParams
+        if config.contactSheets { params["contact_sheet"] = .bool(true) }
         let job = RenderJob(id: "\(key.id)-\(item.state.attempts)", video: video, audio: audio.path, output: engineOutput,
-                            itemKey: key, params: settings.engineParams, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
+                            itemKey: key, params: params, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
                             duration: audio.duration)
         let outcome: RenderOutcome
         do {
@@ -255,6 +257,10 @@ public actor BatchRunner {
                 return
             }
             unlink(engineOutput)
+            let sheet = (engineOutput as NSString).deletingPathExtension + ".contact.png"
+            if FileManager.default.fileExists(atPath: sheet) {
+                rename(sheet, path((name as NSString).deletingPathExtension + ".contact.png"))
+            }
             try item.state.apply(.succeed(output: name, settingsFingerprint: settings.fingerprint))
             item.score = score
             item.finishedAt = Date()

@@ -21,11 +21,14 @@ public struct RunConfiguration: Sendable {
     public var retry: RetryRequest?
     /// Where engines are found.
     public var engines: EngineCatalog
+    /// Ask the engine for a contact sheet beside each output (not a setting: it does not
+    /// change the video, so it is not part of the fingerprint).
+    public var contactSheets: Bool
 
     /// Creates a configuration.
     public init(outputs: String, audio: String? = nil, videos: [String] = [], settings: SettingsOverrides = SettingsOverrides(),
                 slots: Int = 1, retryPolicy: RetryPolicy = RetryPolicy(), itemTimeout: Double? = nil,
-                retry: RetryRequest? = nil, engines: EngineCatalog = .installed()) {
+                retry: RetryRequest? = nil, engines: EngineCatalog = .installed(), contactSheets: Bool = false) {
         self.outputs = outputs
         self.audio = audio
         self.videos = videos
@@ -35,6 +38,7 @@ public struct RunConfiguration: Sendable {
         self.itemTimeout = itemTimeout
         self.retry = retry
         self.engines = engines
+        self.contactSheets = contactSheets
     }
 
     /// The timeout of an item whose narration lasts `duration` seconds: two minutes to load,

@@ -48,11 +48,13 @@ struct Talkie: AsyncParsableCommand {
           talkie retry --out outputs/ --failed
           talkie run --out outputs/ --tempo 1.1 && talkie retry --out outputs/ --all-with-other-settings
           talkie reset --out outputs/ --yes
+          talkie demo        (sample inputs, rendered)
+          talkie doctor      (what is missing, and the fix)
 
         Exit codes: 0 all done, 1 some items failed, 2 bad arguments or unusable workspace,
         3 interrupted (run the same command again to continue).
         """,
         version: version,
-        subcommands: [Run.self, Status.self, Retry.self, Reset.self]
+        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Demo.self, Doctor.self]
     )
 }

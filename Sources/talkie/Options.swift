@@ -32,6 +32,9 @@ struct BatchOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("A fixed per-item timeout. Default: 2 min + 1 min per second of narration.", valueName: "seconds"))
     var itemTimeout: Double?
 
+    @Flag(name: .long, help: "Save a contact sheet (frames over the audio envelope) beside each output.")
+    var contactSheet = false
+
     @Flag(name: .long, help: "Print one JSON event per line (for scripts).")
     var json = false
 
@@ -61,6 +64,6 @@ struct BatchOptions: ParsableArguments {
             outputs: URL(fileURLWithPath: out).standardizedFileURL.path, audio: audio, videos: videos,
             settings: overrides, slots: slots,
             retryPolicy: RetryPolicy(maxAttempts: maxAttempts, initialDelay: retryDelay),
-            itemTimeout: itemTimeout, retry: retry)
+            itemTimeout: itemTimeout, retry: retry, contactSheets: contactSheet)
     }
 }
