@@ -93,7 +93,7 @@ def render(request):
     if result.returncode != 0:
         return send({"type": "error", "id": rid, "kind": "transient",
                      "message": "test engine: ffmpeg failed: " + result.stderr.decode(errors="replace")[-300:]})
-    send({"type": "done", "id": rid, "frames": frames, "score": 0.5})
+    send({"type": "done", "id": rid, "frames": frames})
 
 
 def main():
