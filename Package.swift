@@ -14,6 +14,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Debian's libxxhash-dev (XXH3-128), reached through a module map.
@@ -22,6 +25,8 @@ let package = Package(
             pkgConfig: "libxxhash",
             providers: [.apt(["libxxhash-dev"])]
         ),
+        // zlib's crc32, for the streamed zip of all outputs.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // Pure domain: keys, items, the state machine, settings, events. No I/O.
         .target(name: "TalkieCore", swiftSettings: settings),
         // Durable state: journal + snapshot, recovery, hashing, hash cache, lock.
@@ -40,8 +45,15 @@ let package = Package(
         .target(name: "TalkieRunner", dependencies: [
             "TalkieCore", "TalkieStore", "TalkieMedia", "TalkieEngine",
         ], swiftSettings: settings),
+        // The studio: HTTP API, WebSocket, uploads, downloads, the page (web/).
+        .target(name: "TalkieServer", dependencies: [
+            "TalkieRunner", "CZlib",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),  // Hummingbird's middleware protocol expects today's default isolation.
         .executableTarget(name: "talkie", dependencies: [
-            "TalkieRunner",
+            "TalkieRunner", "TalkieServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: settings),
         .executableTarget(
@@ -52,6 +64,11 @@ let package = Package(
         ),
         .testTarget(name: "TalkieCoreTests", dependencies: ["TalkieCore"], swiftSettings: settings),
         .testTarget(name: "TalkieStoreTests", dependencies: ["TalkieStore"], swiftSettings: settings),
+        .testTarget(name: "TalkieServerTests", dependencies: [
+            "TalkieServer", "TalkieMedia",
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+            .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+        ], swiftSettings: settings),
         .testTarget(name: "TalkieRunnerTests", dependencies: [
             "TalkieRunner",
             .product(name: "Subprocess", package: "swift-subprocess"),

@@ -10,9 +10,9 @@ Switches for tests, by a marker in the template's file name or by params["mode"]
   hang            stop answering (the runner's timeout must kill it)
   garbage         write a line that is not a protocol message
   no-audio        "succeed" with an output that has no audio stream (fails verification)
-Every render is appended to the file named by TALKIE_TEST_ENGINE_LOG ("render <item key>
-<template name>"), so tests count renders from the engine's own log. TALKIE_TEST_ENGINE_DELAY
-(seconds, default 0) is spent per progress step, ten steps per item.
+Every render is appended to the file named by params["log"] or TALKIE_TEST_ENGINE_LOG ("render <item
+key> <template name>"), so tests count renders from the engine's own log. params["delay"] or
+TALKIE_TEST_ENGINE_DELAY (seconds, default 0) is spent per progress step, ten steps per item.
 Standard library only.
 """
 import json
@@ -41,7 +41,7 @@ def mode_of(request):
 
 
 def log_render(request):
-    path = os.environ.get("TALKIE_TEST_ENGINE_LOG")
+    path = (request.get("params") or {}).get("log") or os.environ.get("TALKIE_TEST_ENGINE_LOG")
     if path:
         with open(path, "a", encoding="utf-8") as log:
             log.write(f"render {request['item_key']} {os.path.basename(request['video'])}\n")
@@ -72,7 +72,7 @@ def render(request):
     if mode == "hang":
         time.sleep(3600)
         return
-    delay = float(os.environ.get("TALKIE_TEST_ENGINE_DELAY", "0"))
+    delay = float((request.get("params") or {}).get("delay") or os.environ.get("TALKIE_TEST_ENGINE_DELAY", "0"))
     duration = float(request["duration"])
     frames = max(1, int(round(duration * 25)))
     for step in range(1, 11):

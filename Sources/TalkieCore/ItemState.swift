@@ -49,6 +49,8 @@ public enum ItemEvent: Sendable, Equatable {
     case retryAutomatically
     /// The user asked to retry (`failed → pending`, attempts start again from zero).
     case retryByUser
+    /// The user sets a pending or running item aside (`→ failed`, kind input, not retried).
+    case skip
     /// A success is to be made again: other settings, or its output went missing
     /// (`success → pending`).
     case rerender(reason: String)
@@ -124,6 +126,9 @@ public struct ItemState: Codable, Sendable, Equatable {
         case (.failed, .retryByUser):
             next.status = .pending
             next.attempts = 0
+        case (.pending, .skip), (.running, .skip):
+            next.status = .failed
+            next.lastError = ItemError(kind: .input, message: "skipped by the user; retry it to render it")
         case (.success, .rerender):
             next.status = .pending
             next.attempts = 0

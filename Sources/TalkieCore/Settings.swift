@@ -121,6 +121,16 @@ public struct SettingsOverrides: Sendable, Equatable {
     public var denoise: Double?
     /// A new tempo.
     public var tempo: Double?
+    /// Whether `engineParams` replaces the current parameters instead of adding to them.
+    public var replacesParams = false
+
+    /// Overrides that set exactly `settings`, whatever was there before.
+    public static func exactly(_ settings: RenderSettings) -> SettingsOverrides {
+        var overrides = SettingsOverrides(engine: settings.engine, engineParams: settings.engineParams,
+                                          denoise: settings.denoise, tempo: settings.tempo)
+        overrides.replacesParams = true
+        return overrides
+    }
 
     /// Creates overrides.
     public init(engine: String? = nil, engineParams: [String: JSONValue] = [:], denoise: Double? = nil, tempo: Double? = nil) {
@@ -138,6 +148,7 @@ public struct SettingsOverrides: Sendable, Equatable {
             settings.engine = engine
             settings.engineParams = [:]
         }
+        if replacesParams { settings.engineParams = [:] }
         settings.engineParams.merge(engineParams) { _, new in new }
         if let denoise { settings.denoise = denoise }
         if let tempo { settings.tempo = tempo }

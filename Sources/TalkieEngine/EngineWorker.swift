@@ -96,7 +96,8 @@ public final class EngineSession {
     public let hello: EngineHello
     private var lines: SubprocessOutputSequence.StringSequence<UTF8>.AsyncIterator
     private let writer: StandardInputWriter
-    private let processGroup: pid_t
+    /// The worker's process group (its pid): signalling it reaches the worker and its children.
+    public let processGroup: pid_t
 
     init(hello: EngineHello, lines: SubprocessOutputSequence.StringSequence<UTF8>.AsyncIterator,
          writer: StandardInputWriter, processGroup: pid_t) {

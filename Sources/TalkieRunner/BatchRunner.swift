@@ -28,6 +28,8 @@ public actor BatchRunner {
     private var audioDuration = 0.0
     private var settings = RenderSettings()
     private var lastProgress: [ItemKey: (Date, Int)] = [:]
+    private var activeGroups: [ItemKey: pid_t] = [:]
+    private var skipRequested: Set<ItemKey> = []
 
     /// Creates a runner; nothing happens until `run()`.
     public init(_ config: RunConfiguration, version: String = "talkie") {
@@ -39,6 +41,28 @@ public actor BatchRunner {
     /// Finish the items being rendered, then end the run.
     public func pause() {
         pauseRequested = true
+    }
+
+    /// Sets one item aside: a queued item leaves the queue, a running one is stopped now
+    /// (its worker is restarted for the next item). Either way it is failed with kind
+    /// `input` ("skipped by the user"), so it is not retried automatically. Returns false
+    /// when this run does not know the item.
+    @discardableResult
+    public func skip(_ key: ItemKey) throws -> Bool {
+        guard let store, var item = store.item(key) else { return false }
+        if let index = queue.firstIndex(of: key) {
+            queue.remove(at: index)
+            try item.state.apply(.skip)
+            try store.commit([item])
+            emit(.itemFailed(key: key, name: name(of: item), error: item.state.lastError!, willRetry: false))
+            return true
+        }
+        if let group = activeGroups[key] {
+            skipRequested.insert(key)
+            kill(-group, SIGKILL)
+            return true
+        }
+        return false
     }
 
     /// Runs the batch to its end (or to a pause, a stop, or a fatal error).
@@ -111,7 +135,7 @@ public actor BatchRunner {
         batchKeys = plan.batch
         queue = plan.batch.filter { store.item($0)?.state.status == .pending }
         emit(.batchStarted(total: batchKeys.count, toRender: queue.count, settings: settings.summary))
-        for key in queue { emit(.itemQueued(key: key, name: store.item(key)?.displayName ?? key.short)) }
+        for key in queue { emit(.itemQueued(key: key, name: store.item(key).map { name(of: $0) } ?? key.short)) }
 
         var interrupted = false
         if !queue.isEmpty {
@@ -199,7 +223,7 @@ public actor BatchRunner {
         item.startedAt = Date()
         item.finishedAt = nil
         try store.commit([item])
-        emit(.itemStarted(key: key, name: item.displayName, attempt: item.state.attempts))
+        emit(.itemStarted(key: key, name: name(of: item), attempt: item.state.attempts))
         let started = Date()
 
         // Media checks before any engine time is spent.
@@ -228,13 +252,22 @@ public actor BatchRunner {
                             itemKey: key, params: params, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
                             duration: audio.duration)
         let outcome: RenderOutcome
+        activeGroups[key] = session.processGroup
+        defer { activeGroups[key] = nil }
         do {
             outcome = try await session.render(job, timeout: config.timeout(forDuration: audio.duration),
                                                progress: { frame, frames in self.progress(key, frame: frame, frames: frames) },
                                                log: { line in self.appendToLog(logPath, line) })
         } catch {
             if Task.isCancelled { try stop(&item); throw CancellationError() }
-            try fail(&item, ItemError(kind: .transient, message: error.message))
+            if skipRequested.remove(key) != nil {
+                try item.state.apply(.skip)
+                item.finishedAt = Date()
+                try store.commit([item])
+                emit(.itemFailed(key: key, name: name(of: item), error: item.state.lastError!, willRetry: false))
+            } else {
+                try fail(&item, ItemError(kind: .transient, message: error.message))
+            }
             throw error
         }
         switch outcome {
@@ -244,13 +277,13 @@ public actor BatchRunner {
         case .failed(let error):
             try fail(&item, error)
         case .done(_, let score):
-            let tags = OutputTags(itemKey: key.id, settingsFingerprint: settings.fingerprint, templateName: item.displayName)
-            let name = outputName(for: item)
+            let tags = OutputTags(itemKey: key.id, settingsFingerprint: settings.fingerprint, templateName: name(of: item))
+            let outputFile = outputName(for: item)
             let staged = engineOutput.replacingOccurrences(of: ".engine.mp4", with: ".mp4")
             do {
                 try await OutputFinisher.stamp(engineOutput: engineOutput, tags: tags, destination: staged)
                 try await OutputFinisher.verify(staged, expectedDuration: audio.duration, tags: tags)
-                try publish(staged, as: path(name))
+                try publish(staged, as: path(outputFile))
             } catch {
                 if Task.isCancelled { try stop(&item); throw CancellationError() }
                 try fail(&item, ItemError(kind: .transient, message: "the engine's output was rejected: \((error as? any TalkieError)?.message ?? "\(error)")"))
@@ -259,15 +292,15 @@ public actor BatchRunner {
             unlink(engineOutput)
             let sheet = (engineOutput as NSString).deletingPathExtension + ".contact.png"
             if FileManager.default.fileExists(atPath: sheet) {
-                rename(sheet, path((name as NSString).deletingPathExtension + ".contact.png"))
+                rename(sheet, path((outputFile as NSString).deletingPathExtension + ".contact.png"))
             }
-            try item.state.apply(.succeed(output: name, settingsFingerprint: settings.fingerprint))
+            try item.state.apply(.succeed(output: outputFile, settingsFingerprint: settings.fingerprint))
             item.score = score
             item.finishedAt = Date()
             item.renderSeconds = Date().timeIntervalSince(started)
             try store.commit([item])
             renderedThisRun += 1
-            emit(.itemSucceeded(key: key, name: item.displayName, output: name, seconds: item.renderSeconds ?? 0, score: score))
+            emit(.itemSucceeded(key: key, name: name(of: item), output: outputFile, seconds: item.renderSeconds ?? 0, score: score))
         }
     }
 
@@ -283,7 +316,7 @@ public actor BatchRunner {
             queue.append(item.key)
         }
         try store.commit([item])
-        emit(.itemFailed(key: item.key, name: item.displayName, error: error, willRetry: willRetry))
+        emit(.itemFailed(key: item.key, name: name(of: item), error: error, willRetry: willRetry))
     }
 
     private func stop(_ item: inout Item) throws {
@@ -292,7 +325,7 @@ public actor BatchRunner {
         item.finishedAt = nil
         try store.commit([item])
         queue.insert(item.key, at: 0)
-        emit(.itemStopped(key: item.key, name: item.displayName))
+        emit(.itemStopped(key: item.key, name: name(of: item)))
     }
 
     /// Makes the verified output durable under its final name: fsync the file, rename it
@@ -311,8 +344,13 @@ public actor BatchRunner {
 
     /// `<template name>.<key>.mp4`: readable, and unique per content so no two items (or
     /// machines) ever write the same file.
+    /// What a person calls an item: the name it was uploaded under, else its file name.
+    private func name(of item: Item) -> String {
+        item.names.first.flatMap { config.displayNames[$0] } ?? item.displayName
+    }
+
     private func outputName(for item: Item) -> String {
-        var stem = ((item.names.first ?? "item") as NSString).lastPathComponent
+        var stem = name(of: item)
         stem = (stem as NSString).deletingPathExtension
         stem = String(stem.map { $0 == "/" || $0.isNewline || $0.asciiValue.map { $0 < 32 } == true ? "_" : $0 }.prefix(80))
         if stem.hasPrefix("-") || stem.hasPrefix(".") || stem.isEmpty { stem = "_" + stem }

@@ -24,6 +24,9 @@ public struct RunConfiguration: Sendable {
     /// Ask the engine for a contact sheet beside each output (not a setting: it does not
     /// change the video, so it is not part of the fingerprint).
     public var contactSheets: Bool
+    /// Names to show (and to name outputs after) for template paths, when the files on
+    /// disk are named by content (the studio's uploads).
+    public var displayNames: [String: String] = [:]
 
     /// Creates a configuration.
     public init(outputs: String, audio: String? = nil, videos: [String] = [], settings: SettingsOverrides = SettingsOverrides(),

@@ -114,3 +114,32 @@ struct MD5 {
         state = (state.0 &+ a, state.1 &+ b, state.2 &+ c, state.3 &+ d)
     }
 }
+
+/// XXH3-128 over bytes that arrive in pieces (an upload), with constant memory.
+public final class StreamingHasher {
+    private let state: OpaquePointer
+
+    /// A fresh hasher.
+    public init() {
+        state = XXH3_createState()!
+        XXH3_128bits_reset(state)
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    /// Adds bytes.
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        XXH3_128bits_update(state, bytes.baseAddress, bytes.count)
+    }
+
+    /// The digest of everything added so far.
+    public func finalize() -> ContentHash {
+        let digest = XXH3_128bits_digest(state)
+        return ContentHash(high: digest.high64, low: digest.low64)
+    }
+}
+
+/// Writes a small file durably and atomically (temp file, fsync, rename, fsync the folder).
+public func writeFileDurably(_ path: String, _ data: Data) throws(StoreError) {
+    try FileOps.system.replaceAtomically(path, with: data)
+}

@@ -55,6 +55,6 @@ struct Talkie: AsyncParsableCommand {
         3 interrupted (run the same command again to continue).
         """,
         version: version,
-        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Demo.self, Doctor.self]
+        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Doctor.self]
     )
 }

@@ -64,31 +64,28 @@ enum BatchCommand {
         let printer = EventPrinter(mode: json ? .json : (isatty(STDOUT_FILENO) == 1 ? .terminal : .plain),
                                    outputs: configuration.outputs)
         let signals = SignalWatcher([SIGINT, SIGTERM, SIGUSR1])
-        // The printer drains the event stream to its end, also after a stop: it is not part
-        // of the group that a signal cancels.
+        // The printer drains the event stream to its end, also after a stop.
         async let printed: Void = { for await event in runner.events { printer.print(event) } }()
+        let (stopRequests, stopper) = AsyncStream.makeStream(of: Void.self)
         let result: Result<BatchSummary, any Error> = await withTaskGroup(of: Result<BatchSummary, any Error>?.self) { group in
-            group.addTask {
-                do { return .success(try await runner.run()) } catch { return .failure(error) }
-            }
+            group.addTask { await BatchSupervisor.run(runner, stopRequests: stopRequests) }
             group.addTask {
                 for await signal in signals.stream {
                     if signal == SIGUSR1 {
                         printer.note("pausing: the current item finishes, then the run ends")
                         await runner.pause()
-                        continue
+                    } else {
+                        printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
+                        signals.exitOnNextSignal(ExitStatus.interrupted)
+                        stopper.yield()
                     }
-                    printer.note(signal == SIGINT ? "stopping (Ctrl-C again to quit at once)..." : "stopping...")
-                    signals.exitOnNextSignal(ExitStatus.interrupted)
-                    return nil
                 }
                 return nil
             }
             var outcome: Result<BatchSummary, any Error>?
-            while outcome == nil, let next = await group.next() {
-                // The run's result, or a signal: either way the other task is cancelled.
-                group.cancelAll()
+            for await next in group where next != nil {
                 outcome = next
+                group.cancelAll()  // ends the signal watcher
             }
             return outcome ?? .failure(CancellationError())
         }

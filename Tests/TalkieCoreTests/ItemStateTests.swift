@@ -6,7 +6,7 @@ import Testing
     static let error = ItemError(kind: .transient, message: "boom")
     static let events: [ItemEvent] = [
         .start, .succeed(output: "a.mp4", settingsFingerprint: "f"), .fail(error), .stop,
-        .interrupted(maxAttempts: 3), .retryAutomatically, .retryByUser, .rerender(reason: "r"),
+        .interrupted(maxAttempts: 3), .retryAutomatically, .retryByUser, .rerender(reason: "r"), .skip,
     ]
 
     static func state(_ status: ItemStatus, attempts: Int = 1) -> ItemState {
@@ -24,6 +24,7 @@ import Testing
         case (.running, .interrupted): .pending
         case (.failed, .retryAutomatically), (.failed, .retryByUser): .pending
         case (.success, .rerender): .pending
+        case (.pending, .skip), (.running, .skip): .failed
         default: nil
         }
     }
