@@ -7,9 +7,11 @@ scripts/setup.sh --tests
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
 status=0
-if [ -d engines/tests ] && [ -x .venv/bin/python ]; then
-    printf '\033[1m==> engine tests (pytest)\033[0m\n'
-    .venv/bin/python -m pytest -q engines/tests || status=$?
+if [ -x .venv/bin/python ]; then
+    printf '\033[1m==> engine and studio tests (pytest: engines, OpenAPI conformance, headless Chromium)\033[0m\n'
+    suites=(engines/tests)
+    [ -d tests/studio ] && suites+=(tests/studio)
+    TALKIE_SCREENSHOTS="${TALKIE_SCREENSHOTS:-$PWD/.build/screenshots}" .venv/bin/python -m pytest -q "${suites[@]}" || status=$?
 fi
 printf '\033[1m==> Swift tests\033[0m\n'
 swift test --skip-build --disable-xctest || status=$?

@@ -24,6 +24,23 @@ public enum BatchEvent: Sendable, Equatable {
     case batchFinished(BatchSummary)
 }
 
+/// An event with the moment it happened: the run log and every page show the same time.
+public struct TimedEvent: Sendable, Equatable {
+    /// When it happened.
+    public var time: Date
+    /// What happened.
+    public var event: BatchEvent
+
+    /// Creates a timed event.
+    public init(time: Date, event: BatchEvent) {
+        self.time = time
+        self.event = event
+    }
+
+    /// The event as one JSON line (see `BatchEvent.jsonLine(at:)`).
+    public var jsonLine: String { event.jsonLine(at: time) }
+}
+
 /// Counts at the end of a run.
 public struct BatchSummary: Sendable, Equatable, Codable {
     /// Items in the batch.

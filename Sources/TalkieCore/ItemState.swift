@@ -128,7 +128,7 @@ public struct ItemState: Codable, Sendable, Equatable {
             next.attempts = 0
         case (.pending, .skip), (.running, .skip):
             next.status = .failed
-            next.lastError = ItemError(kind: .input, message: "skipped by the user; retry it to render it")
+            next.lastError = ItemError(kind: .input, message: "skipped by the user")
         case (.success, .rerender):
             next.status = .pending
             next.attempts = 0

@@ -12,8 +12,8 @@ import TalkieStore
 /// Pause = `pause()`: running items finish, then the run ends.
 public actor BatchRunner {
     /// The events of this run, in order; finished when the run ends.
-    public nonisolated let events: AsyncStream<BatchEvent>
-    private let continuation: AsyncStream<BatchEvent>.Continuation
+    public nonisolated let events: AsyncStream<TimedEvent>
+    private let continuation: AsyncStream<TimedEvent>.Continuation
     private let config: RunConfiguration
     private let version: String
 
@@ -35,7 +35,7 @@ public actor BatchRunner {
     public init(_ config: RunConfiguration, version: String = "talkie") {
         self.config = config
         self.version = version
-        (events, continuation) = AsyncStream.makeStream(of: BatchEvent.self, bufferingPolicy: .unbounded)
+        (events, continuation) = AsyncStream.makeStream(of: TimedEvent.self, bufferingPolicy: .unbounded)
     }
 
     /// Finish the items being rendered, then end the run.
@@ -121,8 +121,9 @@ public actor BatchRunner {
         }
         for item in imported { stored[item.key] = item }
 
-        let reconciler = Reconciler(audio: audioHash, audioPath: audioPath, settingsFingerprint: settings.fingerprint,
+        var reconciler = Reconciler(audio: audioHash, audioPath: audioPath, settingsFingerprint: settings.fingerprint,
                                     maxAttempts: config.retryPolicy.maxAttempts, retry: config.retry)
+        reconciler.displayNames = config.displayNames
         let plan = reconciler.plan(stored: stored, inputs: inputs, now: Date()) { output in
             FileManager.default.fileExists(atPath: self.path(output))
         }
@@ -139,14 +140,8 @@ public actor BatchRunner {
 
         var interrupted = false
         if !queue.isEmpty {
-            let audioInfo: MediaInfo
-            do { audioInfo = try await MediaProbe.probe(audioPath) } catch {
-                throw RunSetupError(code: "input.bad_audio", message: "the narration \(audio) is not usable: \(error.message)")
-            }
-            do { audioDuration = try MediaProbe.validateAudio(audioInfo, path: audio) } catch {
-                throw RunSetupError(code: error.code, message: error.message)
-            }
             do {
+                audioDuration = try await narrationDuration(audio)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for _ in 0..<max(1, config.slots) {
                         group.addTask { try await self.runSlot(engineCommand, audioHash: audioHash) }
@@ -162,6 +157,17 @@ public actor BatchRunner {
         let summary = summarize(interrupted: interrupted || pauseRequested && !queue.isEmpty)
         emit(.batchFinished(summary))
         return summary
+    }
+
+    /// The narration's duration, or a setup error saying why it is unusable. A stop that
+    /// arrives while it is probed is a stop, not a bad narration.
+    private func narrationDuration(_ given: String) async throws -> Double {
+        do {
+            return try MediaProbe.validateAudio(try await MediaProbe.probe(audioPath), path: given)
+        } catch {
+            try Task.checkCancellation()
+            throw RunSetupError(code: error.code, message: "the narration \(given) is not usable: \(error.message)")
+        }
     }
 
     // MARK: - Slots
@@ -405,8 +411,9 @@ public actor BatchRunner {
     // MARK: - Events
 
     private func emit(_ event: BatchEvent) {
-        runLog?.write(event)
-        continuation.yield(event)
+        let timed = TimedEvent(time: Date(), event: event)
+        runLog?.write(timed)
+        continuation.yield(timed)
     }
 
     /// Frame progress, at most ten events a second per item (and in the run log every 5 s).
@@ -414,7 +421,7 @@ public actor BatchRunner {
         let now = Date()
         if let (last, _) = lastProgress[key], now.timeIntervalSince(last) < 0.1, frame < frames { return }
         lastProgress[key] = (now, frame)
-        continuation.yield(.itemProgress(key: key, frame: frame, frames: frames))
+        continuation.yield(TimedEvent(time: now, event: .itemProgress(key: key, frame: frame, frames: frames)))
     }
 
     private nonisolated func appendToLog(_ path: String, _ line: String) {

@@ -46,6 +46,8 @@ public struct Reconciler {
     public var maxAttempts: Int
     /// An explicit retry, if the user asked.
     public var retry: RetryRequest?
+    /// Names people gave template paths (the studio's uploads); the queue is sorted by them.
+    public var displayNames: [String: String] = [:]
 
     /// Creates a reconciler.
     public init(audio: ContentHash, audioPath: String, settingsFingerprint: String, maxAttempts: Int, retry: RetryRequest?) {
@@ -99,7 +101,11 @@ public struct Reconciler {
         }
         plan.changed = changed.values.sorted { $0.key < $1.key }
         let merged = stored.merging(changed) { _, new in new }
-        plan.batch.sort { (merged[$0]?.names.first ?? "", $0) < (merged[$1]?.names.first ?? "", $1) }
+        func sortName(_ key: ItemKey) -> String {
+            let path = merged[key]?.names.first ?? ""
+            return displayNames[path] ?? (path as NSString).lastPathComponent
+        }
+        plan.batch.sort { (sortName($0), $0) < (sortName($1), $1) }
         return plan
     }
 }

@@ -14,7 +14,7 @@ final class RunLog {
 
     deinit { try? handle?.close() }
 
-    func write(_ event: BatchEvent) {
-        try? handle?.write(contentsOf: Data((event.jsonLine(at: Date()) + "\n").utf8))
+    func write(_ event: TimedEvent) {
+        try? handle?.write(contentsOf: Data((event.jsonLine + "\n").utf8))
     }
 }

@@ -15,7 +15,7 @@ struct GuardMiddleware<Context: RequestContext>: RouterMiddleware {
         guard host.isEmpty || allowedHosts.contains(host) || allowedHosts.contains("*") else {
             return APIResponse.error(StudioError(403, "request.foreign_host", "requests for host '\(host)' are refused; use the address the server printed"))
         }
-        guard let token else { return try await next(request, context) }
+        guard let token else { return try await Self.enveloped { try await next(request, context) } }
         let query = request.uri.queryParameters["token"].map(String.init)
         let bearer = request.headers[.authorization].flatMap { $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : nil }
         let cookie = request.headers[.cookie].flatMap { header in
@@ -25,11 +25,18 @@ struct GuardMiddleware<Context: RequestContext>: RouterMiddleware {
         guard [query, bearer, cookie].contains(where: { $0.map { constantTimeEqual($0, token) } == true }) else {
             return APIResponse.error(StudioError(401, "request.unauthorized", "this server needs its access token: open the URL it printed (…?token=…)"))
         }
-        var response = try await next(request, context)
+        var response = try await Self.enveloped { try await next(request, context) }
         if query != nil {
             response.headers[.setCookie] = "talkie_token=\(token); Path=/; HttpOnly; SameSite=Strict"
         }
         return response
+    }
+
+    /// Every error in the API's envelope, also the router's own "no such route".
+    static func enveloped(_ next: () async throws -> Response) async throws -> Response {
+        do { return try await next() } catch let error as HTTPError where error.status == .notFound {
+            return APIResponse.error(StudioError(404, "request.not_found", "no such page or endpoint"))
+        }
     }
 
     /// The host names a request may name: the bound address and the loopback names; any

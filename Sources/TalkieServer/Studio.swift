@@ -101,17 +101,19 @@ public actor Studio {
         running = false
         pausing = false
         progress = [:]
-        if case .failure(let error) = result {
+        if case .failure(let error) = result, !(error is CancellationError) {
             let message = (error as? any TalkieError)?.message ?? "\(error)"
-            broadcaster.publish(eventMessage(.warning("the batch could not run: \(message)")))
-            appendToRunLog(.warning("the batch could not run: \(message)"))
+            let warning = TimedEvent(time: Date(), event: .warning("the batch could not run: \(message)"))
+            broadcaster.publish(eventMessage(warning))
+            appendToRunLog(warning)
         }
         publishSnapshot()
         return result
     }
 
-    private func relay(_ events: AsyncStream<BatchEvent>) async {
-        for await event in events {
+    private func relay(_ events: AsyncStream<TimedEvent>) async {
+        for await timed in events {
+            let event = timed.event
             switch event {
             case .itemProgress(let key, let frame, let frames):
                 progress[key] = .init(frame: frame, frames: frames)
@@ -120,19 +122,22 @@ public actor Studio {
             default:
                 break
             }
-            broadcaster.publish(eventMessage(event))
+            broadcaster.publish(eventMessage(timed))
+            // The run has reconciled and committed its queue (retries, re-renders, new
+            // templates): pages get the batch as it now stands.
+            if case .batchStarted = event { publishSnapshot() }
         }
     }
 
-    private nonisolated func eventMessage(_ event: BatchEvent) -> String {
-        "{\"type\":\"event\",\"event\":" + event.jsonLine(at: Date()) + "}"
+    private nonisolated func eventMessage(_ event: TimedEvent) -> String {
+        "{\"type\":\"event\",\"event\":" + event.jsonLine + "}"
     }
 
-    private func appendToRunLog(_ event: BatchEvent) {
+    private func appendToRunLog(_ event: TimedEvent) {
         guard let handle = FileHandle(forWritingAtPath: config.outputs + "/talkie.log") else { return }
         defer { try? handle.close() }
         _ = try? handle.seekToEnd()
-        try? handle.write(contentsOf: Data((event.jsonLine(at: Date()) + "\n").utf8))
+        try? handle.write(contentsOf: Data((event.jsonLine + "\n").utf8))
     }
 
     /// Sends every page the current state.
@@ -172,7 +177,15 @@ public actor Studio {
         defer { lock.release() }
         let store = try StateStore(folder: config.outputs, writtenBy: "talkie studio")
         defer { store.close() }
-        guard var item = store.item(key), item.state.status == .pending || item.state.status == .running else { return false }
+        var item: Item
+        if let stored = store.item(key) {
+            item = stored
+        } else if key.audio == library.manifest.audio?.key, let entry = library.video(key.video), let audio = library.audioPath {
+            item = Item(key: key, names: [library.path(video: entry)], audioPath: audio, createdAt: Date())  // listed, never queued yet
+        } else {
+            return false
+        }
+        guard item.state.status == .pending || item.state.status == .running else { return false }
         try item.state.apply(.skip)
         try store.commit([item])
         publishSnapshot()
@@ -254,7 +267,9 @@ public actor Studio {
         var rows: [StudioState.ItemRow] = []
         var summary = StudioState.Summary()
         if let audioKey {
-            for entry in library.manifest.videos {
+            // The order the runner renders in: by the names people gave, then by key.
+            let entries = library.manifest.videos.sorted { ($0.names.first ?? "", $0.key) < ($1.names.first ?? "", $1.key) }
+            for entry in entries {
                 let key = ItemKey(video: entry.key, audio: audioKey)
                 let item = byKey[key]
                 let status = item?.state.status ?? .pending

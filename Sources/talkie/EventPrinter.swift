@@ -22,8 +22,8 @@ final class EventPrinter: @unchecked Sendable {
         self.outputs = outputs
     }
 
-    func print(_ event: BatchEvent) {
-        lock.withLock { show(event) }
+    func print(_ timed: TimedEvent) {
+        lock.withLock { show(timed) }
     }
 
     func note(_ message: String) { lock.withLock { line(message) } }
@@ -37,9 +37,10 @@ final class EventPrinter: @unchecked Sendable {
 
     func finish() { lock.withLock { clearStatusLine() } }
 
-    private func show(_ event: BatchEvent) {
+    private func show(_ timed: TimedEvent) {
+        let event = timed.event
         if mode == .json {
-            write(event.jsonLine(at: Date()) + "\n")
+            write(timed.jsonLine + "\n")
             return
         }
         switch event {

@@ -65,7 +65,7 @@ enum BatchCommand {
                                    outputs: configuration.outputs)
         let signals = SignalWatcher([SIGINT, SIGTERM, SIGUSR1])
         // The printer drains the event stream to its end, also after a stop.
-        async let printed: Void = { for await event in runner.events { printer.print(event) } }()
+        async let printed: Void = { for await timed in runner.events { printer.print(timed) } }()
         let (stopRequests, stopper) = AsyncStream.makeStream(of: Void.self)
         let result: Result<BatchSummary, any Error> = await withTaskGroup(of: Result<BatchSummary, any Error>?.self) { group in
             group.addTask { await BatchSupervisor.run(runner, stopRequests: stopRequests) }

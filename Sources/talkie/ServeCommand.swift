@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Hummingbird
+import NIOCore
 import TalkieRunner
 import TalkieServer
 
@@ -71,6 +72,11 @@ struct Serve: AsyncParsableCommand {
         let app = buildApplication(config, studio: studio) { _ in
             FileHandle.standardOutput.write(Data(banner.utf8))
         }
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            FileHandle.standardError.write(Data("error: port \(config.port) on \(config.host) is in use (another studio?); choose another with --port\n".utf8))
+            throw ExitCode(ExitStatus.badInput)
+        }
     }
 }

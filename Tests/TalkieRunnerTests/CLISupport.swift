@@ -94,6 +94,16 @@ final class Workspace: @unchecked Sendable {
         }
     }
 
+    /// Test-engine workers of this workspace still alive (found by the log path in their
+    /// environment, so workers of tests running beside this one do not count).
+    func survivingWorkers() async throws -> [String] {
+        let pids = try await sh("pgrep -f 'test_engine[.]py' || true").split(separator: "\n").map(String.init)
+        return pids.filter { pid in
+            let environment = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data()
+            return String(decoding: environment, as: UTF8.self).contains("TALKIE_TEST_ENGINE_LOG=\(engineLog)")
+        }
+    }
+
     /// The state as `talkie status --json` prints it.
     func status() async throws -> StatusDocument {
         let result = try await talkie(["status", "--out", outputs, "--json"])
@@ -124,8 +134,11 @@ actor Fixtures {
 
     func copyNarration(to path: String) async throws {
         if !narrationMade {
+            // Made under a unique name and renamed: the actor is reentrant at the await, so
+            // two tests may both make it, and neither may copy a half-written file.
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-            try await sh("espeak-ng -v en-us -s 190 -w '\(folder)/narration.wav' 'Talkie renders every template with this narration, and never twice.'")
+            let temp = "\(folder)/narration-\(UUID().uuidString).wav"
+            try await sh("espeak-ng -v en-us -s 190 -w '\(temp)' 'Talkie renders every template with this narration, and never twice.' && mv '\(temp)' '\(folder)/narration.wav'")
             narrationMade = true
         }
         try? FileManager.default.removeItem(atPath: path)
@@ -137,7 +150,8 @@ actor Fixtures {
         if !made.contains(n) {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let duration = String(format: "%.1f", 1.0 + 0.1 * Double(n))
-            try await sh("ffmpeg -nostdin -v error -y -f lavfi -i testsrc=size=160x120:rate=25:duration=\(duration) -c:v libx264 -preset ultrafast -pix_fmt yuv420p '\(source)'")
+            let temp = "\(folder)/template\(n)-\(UUID().uuidString).mp4"
+            try await sh("ffmpeg -nostdin -v error -y -f lavfi -i testsrc=size=160x120:rate=25:duration=\(duration) -c:v libx264 -preset ultrafast -pix_fmt yuv420p '\(temp)' && mv '\(temp)' '\(source)'")
             made.insert(n)
         }
         try? FileManager.default.removeItem(atPath: path)

@@ -88,7 +88,7 @@ import TalkieCore
         #expect(stopped.output.contains("Interrupted"))
         let state = try await workspace.status()
         #expect(state.items.allSatisfy { $0.state.status == .pending && $0.state.attempts == 0 }, "\(state.items.map(\.state))")
-        #expect(try await sh("pgrep -f 'test_engine[.]py' || true").isEmpty, "no worker survives")
+        #expect(try await workspace.survivingWorkers().isEmpty, "no worker survives")
         let resumed = try await workspace.run()
         #expect(resumed.code == 0)
         #expect(try await workspace.status().items.allSatisfy { $0.state.status == .success })
@@ -150,7 +150,7 @@ import TalkieCore
         #expect(hung.state.status == .failed)
         #expect(hung.state.lastError?.message.contains("did not finish within 2 s") == true)
         #expect(try await workspace.item("good.mp4")?.state.status == .success)
-        #expect(try await sh("pgrep -f 'test_engine[.]py' || true").isEmpty, "the hung worker's group was killed")
+        #expect(try await workspace.survivingWorkers().isEmpty, "the hung worker's group was killed")
     }
 
     @Test func retryFailedRendersOnlyTheFailures() async throws {
