@@ -242,7 +242,9 @@ public actor BatchRunner {
                 item.media = try MediaProbe.validateTemplate(try await MediaProbe.probe(video), path: video)
             } catch {
                 try Task.checkCancellation()
-                try fail(&item, ItemError(kind: .input, message: error.message))
+                // ffprobe that could not even start (a busy machine) is not the template's fault.
+                let kind: FailureKind = error.code == "media.tool_missing" ? .transient : .input
+                try fail(&item, ItemError(kind: kind, message: error.message))
                 return
             }
         }
