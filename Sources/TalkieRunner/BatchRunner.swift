@@ -72,6 +72,7 @@ public actor BatchRunner {
         try prepareFolder(outputs)
         let lock = try StoreLock(folder: outputs)
         defer { lock.release() }
+        sweepTemporaryFiles()
         let store = try StateStore(folder: outputs, writtenBy: version)
         self.store = store
         defer { store.close() }
@@ -455,7 +456,11 @@ public actor BatchRunner {
         guard access(outputs, W_OK) == 0 else {
             throw RunSetupError(code: "workspace.unusable", message: "\(outputs) is not writable; choose another --out folder or fix its permissions")
         }
-        // Engine leftovers of a run that died are never reused.
+    }
+
+    /// Engine leftovers of a run that died are never reused. Only with the lock held: the
+    /// files may be another live run's.
+    private func sweepTemporaryFiles() {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: path(".talkie/tmp"))) ?? [] {
             unlink(path(".talkie/tmp/" + name))
         }

@@ -214,6 +214,7 @@ import TalkieCore
             #expect(second.error.contains("pid \(pid)"), "\(second.all)")
         }
         #expect(first.code == 0)
+        #expect(workspace.renders().count == 1, "the refused runner disturbed nothing of the running one")
     }
 
     @Test func damagedStateIsRecoveredWithoutRenderingAgain() async throws {
