@@ -41,6 +41,7 @@ command -v swift >/dev/null 2>&1 || {
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
 REQUIREMENTS=(engines/requirements.txt)
+[ -f engines/requirements-wav2lip.txt ] && REQUIREMENTS+=(engines/requirements-wav2lip.txt)
 [ -f engines/requirements-test.txt ] && REQUIREMENTS+=(engines/requirements-test.txt)
 stamp=$(cat "${REQUIREMENTS[@]}" engines/constraints.txt engines/requirements-nodeps.txt 2>/dev/null | sha256sum | cut -c1-16)
 if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then

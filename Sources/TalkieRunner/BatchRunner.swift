@@ -93,7 +93,7 @@ public actor BatchRunner {
         settings = config.settings.applied(to: store.batch?.settings ?? RenderSettings())
         let problems = settings.problems()
         guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
-        let engineCommand = try config.engines.command(for: settings.engine)
+        let engineCommand = try config.engines.command(for: settings.engine, params: settings.engineParams)
         audioPath = URL(fileURLWithPath: audio).standardizedFileURL.path
         guard FileManager.default.isReadableFile(atPath: audioPath) else {
             throw RunSetupError(code: "input.missing", message: "the narration \(audio) does not exist or cannot be read")

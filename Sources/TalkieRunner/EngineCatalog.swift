@@ -1,4 +1,5 @@
 import Foundation
+import TalkieCore
 import TalkieEngine
 
 /// Turns an engine name into the command that starts its worker.
@@ -26,23 +27,27 @@ public struct EngineCatalog: Sendable {
     }
 
     /// The engines this catalog knows.
-    public static let names = ["classic", "test"]
+    public static let names = ["classic", "test", "wav2lip"]
 
-    /// The command for `engine`, or a setup error naming what is missing.
-    public func command(for engine: String) throws(RunSetupError) -> EngineCommand {
+    /// The command for `engine` with its parameters, or a setup error naming what is missing.
+    /// The Wav2Lip worker gets its model (`model=PATH`) at start, so a bad model is reported
+    /// at the handshake, before any item.
+    public func command(for engine: String, params: [String: JSONValue] = [:]) throws(RunSetupError) -> EngineCommand {
         switch engine {
         case "test":
             return EngineCommand(executable: "python3", arguments: ["-u", path("engines/test_engine.py")])
-        case "classic":
+        case "classic", "wav2lip":
             let python = path(".venv/bin/python")
-            let worker = path("engines/classic/worker.py")
+            let worker = path("engines/\(engine)/worker.py")
             guard FileManager.default.fileExists(atPath: worker) else {
-                throw RunSetupError(code: "engine.missing", message: "the classic engine is not installed (\(worker) is missing)")
+                throw RunSetupError(code: "engine.missing", message: "the \(engine) engine is not installed (\(worker) is missing)")
             }
             guard FileManager.default.isExecutableFile(atPath: python) else {
                 throw RunSetupError(code: "engine.missing", message: "the engine's Python environment is missing (\(python)); run: scripts/setup.sh")
             }
-            return EngineCommand(executable: python, arguments: ["-u", worker])
+            var environment: [String: String] = [:]
+            if engine == "wav2lip", case .string(let model)? = params["model"] { environment["TALKIE_WAV2LIP_MODEL"] = model }
+            return EngineCommand(executable: python, arguments: ["-u", worker], environment: environment)
         default:
             throw RunSetupError(code: "engine.unknown", message: "unknown engine '\(engine)'; known engines: \(Self.names.joined(separator: ", "))")
         }

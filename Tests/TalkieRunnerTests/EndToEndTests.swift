@@ -302,6 +302,18 @@ import TalkieCore
         #expect(workspace.renders().isEmpty)
     }
 
+    @Test func aMissingWav2LipModelIsReportedBeforeAnyItem() async throws {
+        let workspace = try await Workspace()
+        try await workspace.addTemplate(1, as: "t1.mp4")
+        let missing = workspace.root + "/no-such-model.onnx"
+        let result = try await workspace.talkie(["run", "--audio", workspace.narration, "--videos", workspace.templates,
+                                                 "--out", workspace.outputs, "--engine", "wav2lip", "--param", "model=\(missing)"])
+        #expect(result.code == 2, "\(result.all)")
+        #expect(result.error.contains("could not start") && result.error.contains(missing), "\(result.error)")
+        let state = try await workspace.status()
+        #expect(state.items.allSatisfy { $0.state.status == .pending && $0.state.attempts == 0 }, "no item was started")
+    }
+
     @Test func jsonEventsForScripts() async throws {
         let workspace = try await Workspace()
         try await workspace.addTemplate(1, as: "t1.mp4")

@@ -15,7 +15,7 @@ import Testing
                 let state = json(response.body)
                 #expect(state["audio"] is NSNull)
                 #expect((state["items"] as? [Any])?.isEmpty == true)
-                #expect((state["engines"] as? [String]) == ["classic", "test"])
+                #expect((state["engines"] as? [String]) == ["classic", "test", "wav2lip"])
             }
             try await client.execute(uri: "/", method: .get) { response in
                 #expect(response.status == .ok, "the page is served at /")
