@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 import audio as audio_mod
+from params import flag, fmt_time, number
 from facetrack import ApertureMeter, FaceTracker, TrackCache
 from render import MouthRenderer
 from score import ContactSheet, lipsync_score
@@ -32,34 +33,6 @@ class Models:
     def __init__(self):
         self.tracker = FaceTracker()
         self.meter = ApertureMeter()
-
-
-def _flag(v, default=False) -> bool:
-    if v is None:
-        return default
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)):
-        return v != 0
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _num(v, default: float, lo: float, hi: float) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return default
-    if not math.isfinite(x):
-        return default
-    return min(hi, max(lo, x))
-
-
-def fmt_time(t: float) -> str:
-    t = max(0.0, t)
-    h = int(t // 3600)
-    m = int((t % 3600) // 60)
-    s = t - 3600 * h - 60 * m
-    return f"{h:02d}:{m:02d}:{s:04.1f}"
 
 
 _END = object()
@@ -111,17 +84,17 @@ def render_item(req: dict, models: Models, chan, log=None) -> dict:
     except audio_mod.AudioError as e:
         raise InputError(str(e))
 
-    strength = _num(params.get("strength", params.get("mouth_strength")), 1.0, 0.0, 2.0)
+    strength = number(params.get("strength", params.get("mouth_strength")), 1.0, 0.0, 2.0)
     renderer = MouthRenderer(strength=strength)
-    do_score = _flag(params.get("score"), True)
-    stride = int(_num(params.get("score_stride"), 1, 1, 100))
+    do_score = flag(params.get("score"), True)
+    stride = int(number(params.get("score_stride"), 1, 1, 100))
     # x264 is the largest single cost: veryfast up to ~0.4 MP, superfast above (HD stays real time)
     default_preset = "veryfast" if vinfo.width * vinfo.height <= 400_000 else "superfast"
     preset = str(params.get("x264_preset", default_preset))
     if preset not in ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"):
         preset = default_preset
-    crf = int(_num(params.get("crf"), 20, 0, 51))
-    want_sheet = _flag(params.get("contact_sheet"), False)
+    crf = int(number(params.get("crf"), 20, 0, 51))
+    want_sheet = flag(params.get("contact_sheet"), False)
 
     # face track cache ------------------------------------------------------------
     cache = None

@@ -49,6 +49,7 @@ for _p in (_CLASSIC, _HERE):  # _HERE first on the path
         sys.path.remove(_p)
     sys.path.insert(0, _p)
 
+from params import flag, fmt_time, number  # noqa: E402  (engines/classic/params.py)
 from protocol import claim_stdout, read_messages  # noqa: E402  (engines/classic/protocol.py)
 
 NAME = "wav2lip"
@@ -57,24 +58,8 @@ NO_FACE_SECONDS = 2.0
 PARAMS = ["model", "mel", "batch", "pads", "color_fix", "x264_preset", "crf"]
 
 
-def _flag(v, default=False) -> bool:
-    if v is None:
-        return default
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)):
-        return v != 0
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _int(v, default: int, lo: int, hi: int) -> int:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return default
-    if not math.isfinite(x):
-        return default
-    return int(min(hi, max(lo, x)))
+    return int(number(v, default, lo, hi))
 
 
 def _pads(v):
@@ -90,14 +75,6 @@ def _pads(v):
     except ValueError:
         pass
     return PADS
-
-
-def fmt_time(t: float) -> str:
-    t = max(0.0, t)
-    h = int(t // 3600)
-    m = int((t % 3600) // 60)
-    s = t - 3600 * h - 60 * m
-    return f"{h:02d}:{m:02d}:{s:04.1f}"
 
 
 class Engine:
@@ -160,7 +137,7 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
         raise InputError(f"unknown mel front end {front!r} (use wav2lip or facefusion)")
     batch = model.max_batch(_int(params.get("batch"), 16, 1, 256))
     pads = _pads(params.get("pads"))
-    color_fix = _flag(params.get("color_fix"), True)
+    color_fix = flag(params.get("color_fix"), True)
 
     vinfo = probe(video)
     fps = vinfo.fps_float
