@@ -81,7 +81,8 @@ public actor Studio {
                                              settings: .exactly(settings), retryPolicy: config.retryPolicy,
                                              itemTimeout: config.itemTimeout, engines: config.engines)
         let result = await supervise(BatchRunner(configuration, version: "talkie face2face"))
-        if case .failure(let error) = result {
+        // A shutdown is not the task's failure: it is queued again at the next start.
+        if case .failure(let error) = result, !(error is CancellationError) {
             face2face.recordSetupFailure(code, message: (error as? any TalkieError)?.message ?? "\(error)")
         }
     }
