@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import traceback
 
 PROTOCOL = 1
 
@@ -80,3 +81,31 @@ def read_messages(stream):
                   flush=True)
             continue
         yield msg
+
+
+def serve(chan: Channel, name: str, render, input_error: type) -> int:
+    """Answer render requests from stdin until `shutdown` or end of input.
+
+    `render(msg)` returns (frames, score or None); an `input_error` it raises is the
+    item's fault (kind "input"), anything else is "transient". The worker lives on.
+    """
+    for msg in read_messages(sys.stdin):
+        typ = msg.get("type")
+        if typ == "shutdown":
+            break
+        if typ != "render":
+            print(f"{name}: ignoring message type {typ!r}", file=sys.stderr, flush=True)
+            continue
+        rid = msg.get("id")
+        try:
+            frames, score = render(msg)
+            chan.done(rid, frames, score)
+        except input_error as e:
+            print(f"{name}[{rid}]: input error: {e}", file=sys.stderr, flush=True)
+            chan.error(rid, "input", str(e))
+        except MemoryError:
+            chan.error(rid, "transient", "out of memory")
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            chan.error(rid, "transient", f"{type(e).__name__}: {e}")
+    return 0

@@ -17,7 +17,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from protocol import claim_stdout, read_messages  # noqa: E402
+from protocol import claim_stdout, serve  # noqa: E402
 
 NAME = "classic"
 VERSION = "1.0.0"
@@ -45,26 +45,12 @@ def main() -> int:
                                "device": "cpu", "score": True, "face_track_cache": True,
                                "params": ["contact_sheet", "strength", "score", "score_stride",
                                           "x264_preset", "crf"]})
-    for msg in read_messages(sys.stdin):
-        typ = msg.get("type")
-        if typ == "shutdown":
-            break
-        if typ != "render":
-            print(f"classic: ignoring message type {typ!r}", file=sys.stderr, flush=True)
-            continue
-        rid = msg.get("id")
-        try:
-            res = render_item(msg, models, chan)
-            chan.done(rid, res["frames"], res["score"])
-        except InputError as e:
-            print(f"classic[{rid}]: input error: {e}", file=sys.stderr, flush=True)
-            chan.error(rid, "input", str(e))
-        except MemoryError:
-            chan.error(rid, "transient", "out of memory")
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            chan.error(rid, "transient", f"{type(e).__name__}: {e}")
-    return 0
+
+    def render(msg):
+        res = render_item(msg, models, chan)
+        return (res["frames"], res["score"])
+
+    return serve(chan, NAME, render, InputError)
 
 
 if __name__ == "__main__":

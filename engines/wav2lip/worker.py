@@ -50,7 +50,7 @@ for _p in (_CLASSIC, _HERE):  # _HERE first on the path
     sys.path.insert(0, _p)
 
 from params import flag, fmt_time, number  # noqa: E402  (engines/classic/params.py)
-from protocol import claim_stdout, read_messages  # noqa: E402  (engines/classic/protocol.py)
+from protocol import claim_stdout, serve  # noqa: E402  (engines/classic/protocol.py)
 
 NAME = "wav2lip"
 VERSION = "1.0.0"
@@ -319,26 +319,12 @@ def main(argv=None) -> int:
                                "device": engine.model.device, "face_track_cache": True,
                                "model": os.path.basename(path), "model_size": sig.size,
                                "dynamic_batch": sig.dynamic_batch, "params": PARAMS})
-    for msg in read_messages(sys.stdin):
-        typ = msg.get("type")
-        if typ == "shutdown":
-            break
-        if typ != "render":
-            print(f"wav2lip: ignoring message type {typ!r}", file=sys.stderr, flush=True)
-            continue
-        rid = msg.get("id")
-        try:
-            res = render_item(msg, engine, chan)
-            chan.done(rid, res["frames"], None)
-        except InputError as e:
-            print(f"wav2lip[{rid}]: input error: {e}", file=sys.stderr, flush=True)
-            chan.error(rid, "input", str(e))
-        except MemoryError:
-            chan.error(rid, "transient", "out of memory")
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            chan.error(rid, "transient", f"{type(e).__name__}: {e}")
-    return 0
+
+    def render(msg):
+        res = render_item(msg, engine, chan)
+        return (res["frames"], None)
+
+    return serve(chan, NAME, render, InputError)
 
 
 if __name__ == "__main__":
