@@ -10,9 +10,11 @@ one is chosen - or, when re-acquiring, the one nearest to where the face was.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import cv2
+
 import numpy as np
 
 # --- landmark subset kept per frame (indices into the 468-point mesh) ----------
@@ -259,6 +261,18 @@ class TrackCache:
                 return c
         except (OSError, KeyError, ValueError, IndexError, EOFError):
             return None
+
+    def keep(self, path: str | None, template_frames: int | None, who: str) -> None:
+        """Save what was learnt about the template, even from a failed item: complete once
+        every one of its `template_frames` frames is known. A failed save only costs time."""
+        if not path or not self.dirty:
+            return
+        if template_frames is not None and len(self) >= template_frames:
+            self.complete = True
+        try:
+            self.save(path)
+        except OSError as e:
+            print(f"{who}: cannot save the face track cache: {e}", file=sys.stderr, flush=True)
 
     def save(self, path: str):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -245,14 +245,7 @@ def render_item(req: dict, models: Models, chan, log=None) -> dict:
         stop.set()
         if not ok:
             encoder.abort()
-        # keep what was learnt about the template, even from a failed item
-        if cache_path and cache.dirty:
-            if source.n is not None and len(cache) >= source.n:
-                cache.complete = True
-            try:
-                cache.save(cache_path)
-            except OSError as e:
-                print(f"classic: cannot save the face track cache: {e}", file=sys.stderr, flush=True)
+        cache.keep(cache_path, source.n, "classic")
 
     elapsed = time.monotonic() - t_start
     score = lipsync_score(aperture, mouth.envelope) if do_score else None

@@ -261,13 +261,7 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
             pass
         if not ok:
             encoder.abort()
-        if cache_path and cache.dirty:
-            if source.n is not None and len(cache) >= source.n:
-                cache.complete = True
-            try:
-                cache.save(cache_path)
-            except OSError as e:
-                print(f"wav2lip: cannot save the face track cache: {e}", file=sys.stderr, flush=True)
+        cache.keep(cache_path, source.n, "wav2lip")
     el = time.monotonic() - t0
     info(f"rendered {total} frames in {el:.2f}s ({total / max(el, 1e-6):.1f} fps)")
     return {"frames": total}
