@@ -53,7 +53,9 @@ def render(request):
     rid = request["id"]
     mode = mode_of(request)
     log_render(request)
-    print(f"test engine: rendering {request['video']} (mode {mode})", file=sys.stderr, flush=True)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" with CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
+    print(f"test engine: rendering {request['video']} (mode {mode}){where}", file=sys.stderr, flush=True)
     if mode == "fail-input":
         return send({"type": "error", "id": rid, "kind": "input", "message": "test engine: no face found at 00:00:00.0"})
     if mode == "fail-transient":

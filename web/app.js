@@ -290,13 +290,14 @@
           item.status = "running";
           item.attempts = event.attempt || item.attempts;
           item.progress = null;
+          if (event.device) item.device = event.device;
         }
         live.itemClock.set(event.key, { t0: Date.now(), frame0: 0, fps: null });
         break;
       case "item_progress":
         if (item) {
           item.status = "running";
-          item.progress = { frame: event.frame, frames: event.frames };
+          item.progress = { frame: event.frame, frames: event.frames, unit: event.unit || "frames", stage: event.stage };
         }
         trackRate(event.key, event.frame);
         break;
@@ -664,7 +665,7 @@
     return el("tr", { "data-testid": "item-row", "data-key": item.key },
       el("td", { class: "col-index" }),
       el("td", { class: "item-names" }, el("div", { class: "item-name" }), el("div", { class: "item-aliases" }), el("span", { class: "tag tag-other", hidden: true })),
-      el("td", null, el("span", { class: "status", "data-testid": "item-status" })),
+      el("td", null, el("span", { class: "status", "data-testid": "item-status" }), el("div", { class: "item-device", "data-testid": "item-device", hidden: true })),
       el("td", null, el("div", { class: "progress-cell" },
         el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100", "data-testid": "item-progress" }, el("div", { class: "bar-fill" })),
         el("span", { class: "progress-text" }))),
@@ -693,6 +694,9 @@
     const status = row.querySelector(".status");
     status.className = "status status-" + item.status;
     status.textContent = t("status." + item.status);
+    const device = row.querySelector(".item-device");
+    device.textContent = item.device ? t("table.device", { device: item.device }) : "";
+    device.hidden = !item.device || item.status === "pending";
 
     const bar = row.querySelector(".bar");
     const fill = bar.firstChild;
@@ -701,7 +705,9 @@
     if (item.status === "success") { percent = 100; }
     else if (item.progress && item.progress.frames > 0) {
       percent = Math.min(100, (item.progress.frame / item.progress.frames) * 100);
-      text = t("table.frames", { frame: item.progress.frame, frames: item.progress.frames });
+      text = item.progress.unit === "percent"
+        ? t("table.percent", { percent: Math.round(percent), stage: item.progress.stage || "" }).trim()
+        : t("table.frames", { frame: item.progress.frame, frames: item.progress.frames });
     }
     fill.style.width = percent + "%";
     fill.className = "bar-fill " + item.status;
@@ -809,6 +815,11 @@
         return t("log.item_succeeded", params);
       case "item_failed":
         return t("log.item_failed", params) + (event.will_retry ? t("log.item_failed.retry") : "");
+      case "item_started":
+        return t("log.item_started", params) + (event.device ? t("log.item_started.device", params) : "");
+      case "item_progress":
+        if (event.unit === "percent") return t("log.item_progress.percent", Object.assign(params, { stage: event.stage || "" }));
+        return t("log.item_progress", params);
       case "batch_finished":
         return t(event.interrupted ? "log.batch_finished.interrupted" : "log.batch_finished", params);
       default: {

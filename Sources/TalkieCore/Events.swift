@@ -8,10 +8,11 @@ public enum BatchEvent: Sendable, Equatable {
     case batchStarted(total: Int, toRender: Int, settings: String)
     /// An item joined the queue.
     case itemQueued(key: ItemKey, name: String)
-    /// An engine started an item.
-    case itemStarted(key: ItemKey, name: String, attempt: Int)
-    /// Frame progress of the running item.
-    case itemProgress(key: ItemKey, frame: Int, frames: Int)
+    /// An engine started an item on `device` ("gpu 1" with `--gpus`, else what the engine
+    /// reported: "cpu", "cuda", a service's address).
+    case itemStarted(key: ItemKey, name: String, attempt: Int, device: String?)
+    /// Progress of the running item.
+    case itemProgress(key: ItemKey, progress: RenderProgress)
     /// An item's output is verified and committed.
     case itemSucceeded(key: ItemKey, name: String, output: String, seconds: Double, score: Double?)
     /// An attempt failed; `willRetry` when it goes back to the queue automatically.
@@ -22,6 +23,38 @@ public enum BatchEvent: Sendable, Equatable {
     case warning(String)
     /// The run ended.
     case batchFinished(BatchSummary)
+}
+
+/// How far a running item is. Most engines count frames; a service that only reports
+/// stages (HeyGem's face2face) gives a percentage and the stage's name instead.
+public struct RenderProgress: Sendable, Equatable, Codable {
+    /// What `frame` and `frames` count.
+    public enum Unit: String, Sendable, Codable {
+        /// Video frames written.
+        case frames
+        /// Percent of the work (`frames` is 100); no frame rate can be derived.
+        case percent
+    }
+
+    /// Done so far.
+    public var frame: Int
+    /// Done when finished (0 when unknown).
+    public var frames: Int
+    /// What the two numbers count.
+    public var unit: Unit
+    /// The engine's name for what it is doing now, when it says.
+    public var stage: String?
+
+    /// Creates a progress report.
+    public init(frame: Int, frames: Int, unit: Unit = .frames, stage: String? = nil) {
+        self.frame = frame
+        self.frames = frames
+        self.unit = unit
+        self.stage = stage
+    }
+
+    /// The fraction done, 0...1 (0 when the total is unknown).
+    public var fraction: Double { frames > 0 ? min(1, max(0, Double(frame) / Double(frames))) : 0 }
 }
 
 /// An event with the moment it happened: the run log and every page show the same time.
@@ -93,12 +126,15 @@ extension BatchEvent {
             fields["settings"] = .string(settings)
         case .itemQueued(let key, let name):
             fields["key"] = .string(key.id); fields["name"] = .string(name)
-        case .itemStarted(let key, let name, let attempt):
+        case .itemStarted(let key, let name, let attempt, let device):
             fields["key"] = .string(key.id); fields["name"] = .string(name)
             fields["attempt"] = .number(Double(attempt))
-        case .itemProgress(let key, let frame, let frames):
+            if let device { fields["device"] = .string(device) }
+        case .itemProgress(let key, let progress):
             fields["key"] = .string(key.id)
-            fields["frame"] = .number(Double(frame)); fields["frames"] = .number(Double(frames))
+            fields["frame"] = .number(Double(progress.frame)); fields["frames"] = .number(Double(progress.frames))
+            if progress.unit != .frames { fields["unit"] = .string(progress.unit.rawValue) }
+            if let stage = progress.stage { fields["stage"] = .string(stage) }
         case .itemSucceeded(let key, let name, let output, let seconds, let score):
             fields["key"] = .string(key.id); fields["name"] = .string(name)
             fields["output"] = .string(output); fields["seconds"] = .number((seconds * 1000).rounded() / 1000)

@@ -42,6 +42,8 @@ public struct Item: Codable, Sendable, Equatable {
     public var finishedAt: Date?
     /// Seconds the last attempt took.
     public var renderSeconds: Double?
+    /// Where the last attempt ran: "gpu 1" with `--gpus`, else what the engine reported.
+    public var device: String?
 
     /// A new pending item.
     public init(key: ItemKey, names: [String], audioPath: String, createdAt: Date) {

@@ -19,7 +19,7 @@ public struct EngineHello: Sendable, Equatable {
 public enum WorkerMessage: Sendable, Equatable {
     case hello(EngineHello)
     case fatal(message: String)
-    case progress(id: String, frame: Int, frames: Int)
+    case progress(id: String, RenderProgress)
     case done(id: String, frames: Int?, score: Double?)
     case error(id: String, error: ItemError)
     case log(id: String?, level: String, message: String)
@@ -51,7 +51,9 @@ public enum WorkerMessage: Sendable, Equatable {
             self = .fatal(message: object["message"] as? String ?? "the engine cannot start")
         case "progress":
             guard let id, let frame = int("frame") else { return nil }
-            self = .progress(id: id, frame: frame, frames: int("frames") ?? 0)
+            let unit = RenderProgress.Unit(rawValue: object["unit"] as? String ?? "") ?? .frames
+            let stage = (object["stage"] as? String).map { String($0.prefix(200)) }
+            self = .progress(id: id, RenderProgress(frame: frame, frames: int("frames") ?? 0, unit: unit, stage: stage))
         case "done":
             guard let id else { return nil }
             self = .done(id: id, frames: int("frames"), score: (object["score"] as? NSNumber)?.doubleValue)

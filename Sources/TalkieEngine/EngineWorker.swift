@@ -107,10 +107,11 @@ public final class EngineSession {
         self.processGroup = processGroup
     }
 
-    /// Renders one item. `progress` is called with (frame, frames), `log` with engine log
-    /// lines. Cancellation of the calling task kills the worker and returns `.stopped`.
-    public func render(_ job: RenderJob, timeout: Double, progress: (Int, Int) -> Void,
-                       log: (String) -> Void) async throws(EngineFailure) -> RenderOutcome {
+    /// Renders one item. `progress` is called with each progress report, `log` with engine log
+    /// lines, both from whatever thread reads the worker's output (hence `@Sendable`).
+    /// Cancellation of the calling task kills the worker and returns `.stopped`.
+    public func render(_ job: RenderJob, timeout: Double, progress: @Sendable (RenderProgress) -> Void,
+                       log: @Sendable (String) -> Void) async throws(EngineFailure) -> RenderOutcome {
         do {
             _ = try await writer.write(job.line)
         } catch {
@@ -136,8 +137,8 @@ public final class EngineSession {
                             return .failure(.protocolViolation(line))
                         }
                         switch message {
-                        case .progress(let id, let frame, let frames) where id == job.id:
-                            progress(frame, frames)
+                        case .progress(let id, let report) where id == job.id:
+                            progress(report)
                         case .done(let id, let frames, let score) where id == job.id:
                             return .success(.done(frames: frames, score: score))
                         case .error(let id, let error) where id == job.id:

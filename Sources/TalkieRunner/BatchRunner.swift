@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TalkieCore
 import TalkieEngine
 import TalkieMedia
@@ -27,7 +28,9 @@ public actor BatchRunner {
     private var audioPath = ""
     private var audioDuration = 0.0
     private var settings = RenderSettings()
-    private var lastProgress: [ItemKey: (Date, Int)] = [:]
+    /// The last progress event sent per item. Not actor state: progress arrives from the
+    /// thread that reads a worker's output, for several slots at once.
+    private let lastProgress = Mutex<[ItemKey: (Date, RenderProgress)]>([:])
     private var activeGroups: [ItemKey: pid_t] = [:]
     private var skipRequested: Set<ItemKey> = []
 
@@ -144,8 +147,8 @@ public actor BatchRunner {
             do {
                 audioDuration = try await narrationDuration(audio)
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for _ in 0..<max(1, config.slots) {
-                        group.addTask { try await self.runSlot(engineCommand, audioHash: audioHash) }
+                    for gpu in config.workerDevices {
+                        group.addTask { try await self.runSlot(engineCommand, gpu: gpu, audioHash: audioHash) }
                     }
                     try await group.waitForAll()
                 }
@@ -173,16 +176,20 @@ public actor BatchRunner {
 
     // MARK: - Slots
 
-    /// One engine worker's loop: start it, render items until the queue is empty, restart
-    /// it after it crashed or was killed.
-    private func runSlot(_ command: EngineCommand, audioHash: ContentHash) async throws {
+    /// One engine worker's loop: start it (on its own GPU when `gpu` is given), render items
+    /// until the queue is empty, restart it after it crashed or was killed. A worker that
+    /// dies takes only its own item down; the other slots go on.
+    private func runSlot(_ command: EngineCommand, gpu: String?, audioHash: ContentHash) async throws {
+        var command = command
+        if let gpu { command.environment["CUDA_VISIBLE_DEVICES"] = gpu }
         let sink = StderrSink()
         while hasWork() {
             do {
                 try await EngineWorker.withWorker(command, stderr: sink) { session in
                     let processed = try await self.processedAudio(for: session.hello, audioHash: audioHash)
+                    let device = gpu.map { "gpu \($0)" } ?? session.hello.device
                     while let key = try await self.nextItem() {
-                        try await self.render(key, session: session, audio: processed, sink: sink)
+                        try await self.render(key, session: session, device: device, audio: processed, sink: sink)
                     }
                 }
             } catch let failure as EngineFailure {
@@ -224,13 +231,15 @@ public actor BatchRunner {
 
     // MARK: - One item
 
-    private func render(_ key: ItemKey, session: EngineSession, audio: (path: String, duration: Double), sink: StderrSink) async throws {
+    private func render(_ key: ItemKey, session: EngineSession, device: String?, audio: (path: String, duration: Double),
+                        sink: StderrSink) async throws {
         guard let store, var item = store.item(key) else { return }
         try item.state.apply(.start)
         item.startedAt = Date()
         item.finishedAt = nil
+        item.device = device
         try store.commit([item])
-        emit(.itemStarted(key: key, name: name(of: item), attempt: item.state.attempts))
+        emit(.itemStarted(key: key, name: name(of: item), attempt: item.state.attempts, device: device))
         let started = Date()
 
         // Media checks before any engine time is spent.
@@ -265,7 +274,7 @@ public actor BatchRunner {
         defer { activeGroups[key] = nil }
         do {
             outcome = try await session.render(job, timeout: config.timeout(forDuration: audio.duration),
-                                               progress: { frame, frames in self.progress(key, frame: frame, frames: frames) },
+                                               progress: { report in self.progress(key, report) },
                                                log: { line in self.appendToLog(logPath, line) })
         } catch {
             if Task.isCancelled { try stop(&item); throw CancellationError() }
@@ -419,12 +428,16 @@ public actor BatchRunner {
         continuation.yield(timed)
     }
 
-    /// Frame progress, at most ten events a second per item (and in the run log every 5 s).
-    private func progress(_ key: ItemKey, frame: Int, frames: Int) {
+    /// Progress, at most ten events a second per item; a new stage is always shown.
+    private nonisolated func progress(_ key: ItemKey, _ report: RenderProgress) {
         let now = Date()
-        if let (last, _) = lastProgress[key], now.timeIntervalSince(last) < 0.1, frame < frames { return }
-        lastProgress[key] = (now, frame)
-        continuation.yield(TimedEvent(time: now, event: .itemProgress(key: key, frame: frame, frames: frames)))
+        let send = lastProgress.withLock { last -> Bool in
+            if let (time, previous) = last[key], now.timeIntervalSince(time) < 0.1, report.frame < report.frames,
+               previous.stage == report.stage { return false }
+            last[key] = (now, report)
+            return true
+        }
+        if send { continuation.yield(TimedEvent(time: now, event: .itemProgress(key: key, progress: report))) }
     }
 
     private nonisolated func appendToLog(_ path: String, _ line: String) {

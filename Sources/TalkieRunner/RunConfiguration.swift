@@ -11,8 +11,12 @@ public struct RunConfiguration: Sendable {
     public var videos: [String]
     /// Settings to change; what is not set keeps the stored batch's value (or the default).
     public var settings: SettingsOverrides
-    /// Engine workers at once (one per GPU).
+    /// Engine workers at once, when no GPUs are listed.
     public var slots: Int
+    /// GPUs to render on, one worker each with `CUDA_VISIBLE_DEVICES` set to its entry
+    /// (indexes or `GPU-…` UUIDs as nvidia-smi shows them); empty to use `slots` workers
+    /// that see whatever the machine offers.
+    public var gpus: [String] = []
     /// When failed attempts are retried.
     public var retryPolicy: RetryPolicy
     /// A fixed per-item timeout in seconds; nil to scale with the media's duration.
@@ -42,6 +46,25 @@ public struct RunConfiguration: Sendable {
         self.retry = retry
         self.engines = engines
         self.contactSheets = contactSheets
+    }
+
+    /// One entry per engine worker: its GPU, or nil when no GPUs are listed.
+    public var workerDevices: [String?] {
+        gpus.isEmpty ? Array(repeating: nil, count: max(1, slots)) : gpus.map { $0 }
+    }
+
+    /// The problem with a `--gpus` list, if any: entries must be GPU indexes or UUIDs, each once.
+    public static func gpuListProblem(_ gpus: [String]) -> String? {
+        if gpus.isEmpty { return "--gpus needs at least one GPU, for example --gpus 0,1" }
+        for gpu in gpus {
+            let isIndex = !gpu.isEmpty && gpu.allSatisfy(\.isASCII) && gpu.allSatisfy(\.isNumber)
+            let isUUID = gpu.hasPrefix("GPU-") || gpu.hasPrefix("MIG-")
+            guard isIndex || isUUID, gpu.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
+                return "--gpus entry '\(gpu)' is neither a GPU index (0, 1, ...) nor a GPU-/MIG- UUID"
+            }
+        }
+        if Set(gpus).count != gpus.count { return "--gpus lists a GPU twice: \(gpus.joined(separator: ","))" }
+        return nil
     }
 
     /// The timeout of an item whose narration lasts `duration` seconds: two minutes to load,

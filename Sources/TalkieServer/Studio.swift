@@ -22,7 +22,7 @@ public actor Studio {
     private var pausing = false
     private var queuedBatch = false
     private var runner: BatchRunner?
-    private var progress: [ItemKey: StudioState.Progress] = [:]
+    private var progress: [ItemKey: RenderProgress] = [:]
     let face2face: Face2FaceRegistry
     private var runningFace2Face: String?
     private let jobs: AsyncStream<Job>
@@ -70,6 +70,7 @@ public actor Studio {
                                              settings: .exactly(settings), retryPolicy: config.retryPolicy,
                                              itemTimeout: config.itemTimeout, retry: retry, engines: config.engines)
         configuration.displayNames = library.displayNames
+        configuration.gpus = config.gpus
         _ = await supervise(BatchRunner(configuration, version: "talkie studio"))
     }
 
@@ -77,9 +78,10 @@ public actor Studio {
         guard let task = face2face.task(code), !face2face.isFinished(code) else { return }
         runningFace2Face = code
         defer { runningFace2Face = nil }
-        let configuration = RunConfiguration(outputs: face2face.outputs(code), audio: task.audio, videos: [task.video],
+        var configuration = RunConfiguration(outputs: face2face.outputs(code), audio: task.audio, videos: [task.video],
                                              settings: .exactly(settings), retryPolicy: config.retryPolicy,
                                              itemTimeout: config.itemTimeout, engines: config.engines)
+        configuration.gpus = Array(config.gpus.prefix(1))
         let result = await supervise(BatchRunner(configuration, version: "talkie face2face"))
         // A shutdown is not the task's failure: it is queued again at the next start.
         if case .failure(let error) = result, !(error is CancellationError) {
@@ -116,8 +118,8 @@ public actor Studio {
         for await timed in events {
             let event = timed.event
             switch event {
-            case .itemProgress(let key, let frame, let frames):
-                progress[key] = .init(frame: frame, frames: frames)
+            case .itemProgress(let key, let report):
+                progress[key] = report
             case .itemSucceeded(let key, _, _, _, _), .itemFailed(let key, _, _, _), .itemStopped(let key, _):
                 progress[key] = nil
             default:
@@ -281,6 +283,7 @@ public actor Studio {
                     outputUrl: output.map { "/api/outputs/" + urlSegment($0) }, score: item?.score,
                     renderSeconds: item?.renderSeconds,
                     otherSettings: status == .success && item?.state.settingsFingerprint != settings.fingerprint,
+                    device: item?.device,
                     progress: status == .running ? progress[key] : nil))
                 summary.total += 1
                 switch status {

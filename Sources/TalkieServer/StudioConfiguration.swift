@@ -26,6 +26,8 @@ public struct StudioConfiguration: Sendable {
     public var retryPolicy: RetryPolicy
     /// A fixed per-item timeout, if any.
     public var itemTimeout: Double?
+    /// GPUs to render on, one engine worker each; empty for one worker.
+    public var gpus: [String] = []
 
     /// Creates a configuration.
     public init(workspace: String, host: String = "127.0.0.1", port: Int = 7860, token: String? = nil,

@@ -17,11 +17,6 @@ struct StudioState: Codable, Sendable {
         var url: String
     }
 
-    struct Progress: Codable, Sendable {
-        var frame: Int
-        var frames: Int
-    }
-
     struct ItemRow: Codable, Sendable {
         var key: String
         var names: [String]
@@ -33,7 +28,8 @@ struct StudioState: Codable, Sendable {
         var score: Double?
         var renderSeconds: Double?
         var otherSettings: Bool
-        var progress: Progress?
+        var device: String?
+        var progress: RenderProgress?
 
         func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
@@ -47,6 +43,7 @@ struct StudioState: Codable, Sendable {
             try container.encode(score, forKey: .score)
             try container.encode(renderSeconds, forKey: .renderSeconds)
             try container.encode(otherSettings, forKey: .otherSettings)
+            try container.encode(device, forKey: .device)
             try container.encode(progress, forKey: .progress)
         }
     }

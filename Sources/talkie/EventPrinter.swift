@@ -11,7 +11,7 @@ final class EventPrinter: @unchecked Sendable {
     private let outputs: String
     private var total = 0
     private var finished = 0
-    private var current: (name: String, frame: Int, frames: Int)?
+    private var current: (name: String, progress: RenderProgress)?
     private var itemStarted = Date()
     private var renderSeconds: [Double] = []
     private var toRender = 0
@@ -28,9 +28,19 @@ final class EventPrinter: @unchecked Sendable {
 
     func note(_ message: String) { lock.withLock { line(message) } }
 
-    func error(_ message: String) {
+    /// Reports why the run could not start or go on: on stderr, and in JSON mode also as a
+    /// last `batch_failed` event, so a script reading events learns it without parsing stderr.
+    func error(_ message: String, code: String) {
         lock.withLock {
             clearStatusLine()
+            if mode == .json {
+                var fields: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+                fields["time"] = .string(Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+                fields["event"] = .string("batch_failed")
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+                write(String(decoding: (try? encoder.encode(fields)) ?? Data(), as: UTF8.self) + "\n")
+            }
             FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         }
     }
@@ -51,12 +61,14 @@ final class EventPrinter: @unchecked Sendable {
             line("batch: \(total) items, \(toRender) to render, \(total - toRender) already done (\(settings))")
         case .itemQueued:
             break
-        case .itemStarted(_, let name, let attempt):
-            current = (name, 0, 0)
+        case .itemStarted(_, let name, let attempt, let device):
+            current = (name, RenderProgress(frame: 0, frames: 0))
             itemStarted = Date()
-            if mode == .plain { line("rendering \(name)\(attempt > 1 ? " (attempt \(attempt))" : "")") }
-        case .itemProgress(_, let frame, let frames):
-            if let name = current?.name { current = (name, frame, frames) }
+            if mode == .plain {
+                line("rendering \(name)\(attempt > 1 ? " (attempt \(attempt))" : "")\(device.map { " on \($0)" } ?? "")")
+            }
+        case .itemProgress(_, let progress):
+            if let name = current?.name { current = (name, progress) }
         case .itemSucceeded(_, let name, let output, let seconds, let score):
             finished += 1
             renderSeconds.append(seconds)
@@ -93,12 +105,14 @@ final class EventPrinter: @unchecked Sendable {
     private func drawStatusLine() {
         guard let current else { return clearStatusLine() }
         let width = 24
-        let itemFraction = current.frames > 0 ? Double(current.frame) / Double(current.frames) : 0
+        let itemFraction = current.progress.fraction
         let overall = total > 0 ? (Double(finished) + itemFraction) / Double(total) : 0
         let filled = Int(overall * Double(width))
         let bar = String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled)
         var text = "[\(finished)/\(total)] \(bar) \(Int(overall * 100))%  \(current.name)"
-        if current.frames > 0 { text += " frame \(current.frame)/\(current.frames)" }
+        let progress = current.progress
+        if progress.unit == .frames, progress.frames > 0 { text += " frame \(progress.frame)/\(progress.frames)" }
+        if let stage = progress.stage { text += " (\(stage))" }
         if let eta = eta(itemFraction: itemFraction) { text += "  ETA \(eta)" }
         write("\r\u{1B}[K" + text)
         statusLineShown = true

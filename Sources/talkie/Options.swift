@@ -8,7 +8,7 @@ struct BatchOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("The output folder: outputs, task_status.json, talkie.log.", valueName: "folder"))
     var out: String
 
-    @Option(name: .long, help: ArgumentHelp("Engine: classic (built-in, CPU) or test. Default: the batch's, else classic.", valueName: "name"))
+    @Option(name: .long, help: ArgumentHelp("Engine: classic (built-in, CPU), wav2lip, face2face, command or test; see `talkie engines`. Default: the batch's, else classic.", valueName: "name"))
     var engine: String?
 
     @Option(name: .customLong("param"), help: ArgumentHelp("An engine parameter, name=value (repeatable).", valueName: "name=value"))
@@ -20,8 +20,11 @@ struct BatchOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Audio tempo (speed without pitch change), 0.5 to 2.", valueName: "factor"))
     var tempo: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Engine workers at once, one per GPU.", valueName: "n"))
+    @Option(name: .long, help: ArgumentHelp("Engine workers at once (on a CPU, or GPUs the engine picks itself).", valueName: "n"))
     var slots: Int = 1
+
+    @Option(name: .long, help: ArgumentHelp("Render on these GPUs, one engine worker each (CUDA_VISIBLE_DEVICES), e.g. 0,1,3.", valueName: "list"))
+    var gpus: String?
 
     @Option(name: .long, help: ArgumentHelp("Attempts per item before a transient failure is final.", valueName: "n"))
     var maxAttempts: Int = 3
@@ -40,30 +43,52 @@ struct BatchOptions: ParsableArguments {
 
     func validate() throws {
         guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64") }
+        if let gpus {
+            guard slots == 1 else { throw ValidationError("give --gpus or --slots, not both: --gpus starts one worker per GPU") }
+            if let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
+        }
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay cannot be negative") }
         if let itemTimeout, itemTimeout <= 0 { throw ValidationError("--item-timeout must be positive") }
-        for param in params where !param.contains("=") || param.hasPrefix("=") {
-            throw ValidationError("--param '\(param)' must look like name=value")
-        }
+        try validateParams(params)
         let problems = overrides.applied(to: RenderSettings()).problems()
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }
     }
 
     var overrides: SettingsOverrides {
-        var params: [String: JSONValue] = [:]
-        for param in self.params {
-            let parts = param.split(separator: "=", maxSplits: 1).map(String.init)
-            params[parts[0]] = JSONValue(parsing: parts.count > 1 ? parts[1] : "")
-        }
-        return SettingsOverrides(engine: engine, engineParams: params, denoise: denoise, tempo: tempo)
+        SettingsOverrides(engine: engine, engineParams: engineParams(params), denoise: denoise, tempo: tempo)
     }
 
     func configuration(audio: String?, videos: [String], retry: RetryRequest?) -> RunConfiguration {
-        RunConfiguration(
+        var config = RunConfiguration(
             outputs: URL(fileURLWithPath: out).standardizedFileURL.path, audio: audio, videos: videos,
             settings: overrides, slots: slots,
             retryPolicy: RetryPolicy(maxAttempts: maxAttempts, initialDelay: retryDelay),
             itemTimeout: itemTimeout, retry: retry, contactSheets: contactSheet)
+        config.gpus = gpus.map(gpuList) ?? []
+        return config
     }
+}
+
+/// `0,1, 3` → ["0", "1", "3"].
+func gpuList(_ text: String) -> [String] {
+    if text.trimmingCharacters(in: .whitespaces).isEmpty { return [] }
+    return text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+}
+
+/// Checks that every `--param` looks like name=value.
+func validateParams(_ params: [String]) throws {
+    for param in params where !param.contains("=") || param.hasPrefix("=") {
+        throw ValidationError("--param '\(param)' must look like name=value")
+    }
+}
+
+/// `--param name=value` options as engine parameters (numbers and booleans typed).
+func engineParams(_ params: [String]) -> [String: JSONValue] {
+    var result: [String: JSONValue] = [:]
+    for param in params {
+        let parts = param.split(separator: "=", maxSplits: 1).map(String.init)
+        result[parts[0]] = JSONValue(parsing: parts.count > 1 ? parts[1] : "")
+    }
+    return result
 }

@@ -96,12 +96,12 @@ enum BatchCommand {
             if summary.interrupted { throw ExitCode(ExitStatus.interrupted) }
             if summary.failed > 0 { throw ExitCode(ExitStatus.someFailed) }
         case .failure(let error as any TalkieError):
-            printer.error(error.message)
+            printer.error(error.message, code: error.code)
             throw ExitCode(ExitStatus.badInput)
         case .failure(is CancellationError):
             throw ExitCode(ExitStatus.interrupted)
         case .failure(let error):
-            printer.error("\(error)")
+            printer.error("\(error)", code: "internal")
             throw ExitCode(ExitStatus.badInput)
         }
     }

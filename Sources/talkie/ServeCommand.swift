@@ -37,6 +37,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A fixed per-item timeout in seconds.", valueName: "seconds"))
     var itemTimeout: Double?
 
+    @Option(name: .long, help: ArgumentHelp("Render on these GPUs, one engine worker each (CUDA_VISIBLE_DEVICES), e.g. 0,1.", valueName: "list"))
+    var gpus: String?
+
     @Flag(name: .long, help: "Load the demo's sample inputs into an empty workspace (see `talkie demo`).")
     var demo = false
 
@@ -44,11 +47,13 @@ struct Serve: AsyncParsableCommand {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard maxUploadMb > 0 else { throw ValidationError("--max-upload-mb must be positive") }
         if let token, token.count < 8 { throw ValidationError("--token must have at least 8 characters") }
+        if let gpus, let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
     }
 
     func run() async throws {
         var config = StudioConfiguration(workspace: workspace, host: host, port: port, token: token,
                                          maxUploadBytes: maxUploadMb << 20, allowedFolders: allowDirs, itemTimeout: itemTimeout)
+        config.gpus = gpus.map(gpuList) ?? []
         if !config.isLoopback && config.token == nil {
             config.token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
         }

@@ -5,7 +5,7 @@ import TalkieStore
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show every item: status, attempts, error, output, lip-sync score.",
+        abstract: "Show every item: status, attempts, lip-sync score, where it ran, output or error.",
         discussion: "Reads the state without changing it; safe while a run is going on.")
 
     @Option(name: .long, help: ArgumentHelp("The output folder.", valueName: "folder"))
@@ -39,7 +39,7 @@ struct Status: AsyncParsableCommand {
             return
         }
         let current = state.document.batch?.settings.fingerprint
-        print(pad("ITEM", 28) + pad("STATUS", 9) + pad("TRIES", 6) + pad("SCORE", 6) + "OUTPUT / ERROR")
+        print(pad("ITEM", 28) + pad("STATUS", 9) + pad("TRIES", 6) + pad("SCORE", 6) + pad("ON", 10) + "OUTPUT / ERROR")
         for item in items {
             var detail = item.state.output ?? ""
             if item.state.status == .success, let fingerprint = item.state.settingsFingerprint, fingerprint != current {
@@ -49,7 +49,7 @@ struct Status: AsyncParsableCommand {
             let names = item.names.map { ($0 as NSString).lastPathComponent }
             let name = names.first.map { names.count > 1 ? "\($0) (+\(names.count - 1))" : $0 } ?? item.key.short
             print(pad(name, 28) + pad(item.state.status.rawValue, 9) + pad(String(item.state.attempts), 6)
-                  + pad(item.score.map { String(format: "%.2f", $0) } ?? "-", 6) + detail)
+                  + pad(item.score.map { String(format: "%.2f", $0) } ?? "-", 6) + pad(item.device ?? "-", 10) + detail)
         }
         var counts: [ItemStatus: Int] = [:]
         for item in items { counts[item.state.status, default: 0] += 1 }

@@ -212,6 +212,9 @@ def test_batch_through_the_page(chromium, studio, demo_media, tmp_path):
             assert row.find_element(By.CSS_SELECTOR, '[data-col="attempts"]').text == "1"
             assert row.find_element(By.CSS_SELECTOR, '[data-col="duration"]').text.endswith("s")
             assert row.find_element(By.CSS_SELECTOR, '[data-col="score"]').text != "—"
+            # where it ran: the classic engine reports the CPU (with --gpus: "on gpu 1")
+            assert row.find_element(By.CSS_SELECTOR, '[data-testid="item-device"]').text == "on cpu"
+        assert all(item["device"] == "cpu" for item in studio_state(studio)["items"])
 
         # The run log tells the story, and the page reminds to keep a backup.
         page.wait(lambda: not page.q("backup-reminder").get_attribute("hidden"), 10,
