@@ -1,4 +1,5 @@
 import Foundation
+import TalkieCore
 import TalkieEngine
 import TalkieMedia
 
@@ -18,10 +19,16 @@ public struct Doctor: Sendable {
 
     /// Where the engines live.
     public var engines: EngineCatalog
+    /// The engine to check by starting it.
+    public var engine: String
+    /// The parameters to start it with (its model, service or command line).
+    public var params: [String: JSONValue]
 
-    /// Creates a doctor for an installation.
-    public init(engines: EngineCatalog) {
+    /// Creates a doctor for an installation and the engine a run would use.
+    public init(engines: EngineCatalog, engine: String = "classic", params: [String: JSONValue] = [:]) {
         self.engines = engines
+        self.engine = engine
+        self.params = params
     }
 
     /// Runs every check, in order.
@@ -65,16 +72,36 @@ public struct Doctor: Sendable {
         checks.append(Check(name: "scikit-image (sample media for the demo)", ok: !version("skimage").hasPrefix("missing") && version("skimage") != "not importable",
                             detail: version("skimage"), fix: setup))
 
-        do {
-            let command = try engines.command(for: "classic")
-            let hello = try await EngineWorker.withWorker(command, stderr: StderrSink(), handshakeTimeout: 120) { $0.hello }
-            checks.append(Check(name: "classic engine starts and loads its models", ok: true,
-                                detail: "\(hello.name) \(hello.version) on \(hello.device ?? "cpu")"))
-        } catch {
-            checks.append(Check(name: "classic engine starts and loads its models", ok: false,
-                                detail: "\(error)", fix: setup))
-        }
+        checks.append(await gpus())
+        checks.append(await engineStarts(fix: setup))
         return checks
+    }
+
+    /// Starts the chosen engine's worker and waits for its handshake: the same start a run
+    /// does, so a missing model, an unreachable service or a bad command line shows here.
+    private func engineStarts(fix: String) async -> Check {
+        let name = "\(engine) engine starts (handshake)"
+        let command: EngineCommand
+        do { command = try engines.command(for: engine, params: params) } catch {
+            let needs = EngineCatalog.description(of: engine).map { "give \($0.needs)" } ?? "talkie engines lists the engines"
+            return Check(name: name, ok: false, detail: error.message, fix: error.code == "engine.missing" ? fix : needs)
+        }
+        do {
+            let hello = try await EngineWorker.withWorker(command, stderr: StderrSink(), handshakeTimeout: 120) { $0.hello }
+            return Check(name: name, ok: true, detail: "\(hello.name) \(hello.version) on \(hello.device ?? "cpu")")
+        } catch {
+            return Check(name: name, ok: false, detail: (error as? any TalkieError)?.message ?? "\(error)",
+                         fix: EngineCatalog.description(of: engine).map { "see \($0.documentation)" })
+        }
+    }
+
+    /// The GPUs nvidia-smi lists; informational (every engine but wav2lip/command on CUDA runs without one).
+    private func gpus() async -> Check {
+        guard let result = try? await Tool.run("nvidia-smi", ["-L"]), result.exitCode == 0 else {
+            return Check(name: "GPUs", ok: true, detail: "none found (no nvidia-smi): engines run on the CPU")
+        }
+        let lines = result.output.split(separator: "\n").map(String.init)
+        return Check(name: "GPUs", ok: true, detail: lines.isEmpty ? "none listed" : lines.joined(separator: "; "))
     }
 
     private func firstLine(_ tool: String, _ arguments: [String], fix: String) async -> Check {

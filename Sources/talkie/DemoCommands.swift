@@ -53,19 +53,3 @@ struct Demo: AsyncParsableCommand {
         print("Outputs and contact sheets: \(root)/outputs")
     }
 }
-
-struct Doctor: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Check that everything Talkie needs is installed; say what is missing and how to fix it.")
-
-    func run() async throws {
-        let checks = await TalkieRunner.Doctor(engines: .installed()).run()
-        for check in checks {
-            print("\(check.ok ? "ok  " : "FAIL") \(check.name): \(check.detail)")
-            if !check.ok, let fix = check.fix { print("     fix: \(fix)") }
-        }
-        let failed = checks.filter { !$0.ok }.count
-        print(failed == 0 ? "Everything Talkie needs is here." : "\(failed) problem(s) found.")
-        if failed > 0 { throw ExitCode(ExitStatus.badInput) }
-    }
-}

@@ -44,17 +44,19 @@ struct Talkie: AsyncParsableCommand {
 
         Examples:
           talkie run --audio narration.wav --videos templates/ --out outputs/
+          talkie run --out outputs/ --engine wav2lip --param model=wav2lip_gan_96.onnx --gpus 0,1
           talkie status --out outputs/
           talkie retry --out outputs/ --failed
           talkie run --out outputs/ --tempo 1.1 && talkie retry --out outputs/ --all-with-other-settings
           talkie reset --out outputs/ --yes
           talkie demo        (sample inputs, rendered)
+          talkie engines     (what can render, and what each needs)
           talkie doctor      (what is missing, and the fix)
 
         Exit codes: 0 all done, 1 some items failed, 2 bad arguments or unusable workspace,
         3 interrupted (run the same command again to continue).
         """,
         version: version,
-        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Doctor.self]
+        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Engines.self, Doctor.self]
     )
 }

@@ -15,7 +15,7 @@ import Testing
                 let state = json(response.body)
                 #expect(state["audio"] is NSNull)
                 #expect((state["items"] as? [Any])?.isEmpty == true)
-                #expect((state["engines"] as? [String]) == ["classic", "test", "wav2lip"])
+                #expect((state["engines"] as? [String]) == ["classic", "wav2lip", "face2face", "command", "test"])
             }
             try await client.execute(uri: "/", method: .get) { response in
                 #expect(response.status == .ok, "the page is served at /")
