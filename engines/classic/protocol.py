@@ -83,11 +83,13 @@ def read_messages(stream):
         yield msg
 
 
-def serve(chan: Channel, name: str, render, input_error: type) -> int:
+def serve(chan: Channel, name: str, render, input_error: type, transient_error: type | None = None) -> int:
     """Answer render requests from stdin until `shutdown` or end of input.
 
     `render(msg)` returns (frames, score or None); an `input_error` it raises is the
-    item's fault (kind "input"), anything else is "transient". The worker lives on.
+    item's fault (kind "input"), anything else is "transient". A `transient_error` is
+    reported with its message alone (it was written for the user); any other exception
+    with its type name, since it was not. The worker lives on.
     """
     for msg in read_messages(sys.stdin):
         typ = msg.get("type")
@@ -106,6 +108,10 @@ def serve(chan: Channel, name: str, render, input_error: type) -> int:
         except MemoryError:
             chan.error(rid, "transient", "out of memory")
         except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            chan.error(rid, "transient", f"{type(e).__name__}: {e}")
+            if transient_error is None or not isinstance(e, transient_error):
+                traceback.print_exc()
+                chan.error(rid, "transient", f"{type(e).__name__}: {e}")
+                continue
+            print(f"{name}[{rid}]: transient error: {e}", file=sys.stderr, flush=True)
+            chan.error(rid, "transient", str(e))
     return 0

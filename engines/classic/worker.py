@@ -39,7 +39,7 @@ def main() -> int:
                    f"&& pip install --no-deps -r engines/requirements-nodeps.txt)")
         return 1
     from pipeline import render_item
-    from video_io import InputError
+    from video_io import InputError, TransientError
 
     chan.hello(NAME, VERSION, {"audio_sample_rate": 16000, "audio_channels": 1, "progress": True,
                                "device": "cpu", "score": True, "face_track_cache": True,
@@ -50,7 +50,7 @@ def main() -> int:
         res = render_item(msg, models, chan)
         return (res["frames"], res["score"])
 
-    return serve(chan, NAME, render, InputError)
+    return serve(chan, NAME, render, InputError, TransientError)
 
 
 if __name__ == "__main__":
