@@ -297,6 +297,44 @@ def _run_paste(model_path, frame, lm):
     return res, box
 
 
+def test_box_smoothing_matches_inference_py_by_hand():
+    # get_smoothened_boxes([0, 5, 10, 15, 20, 25], T=5), worked out by hand: the first two
+    # windows are raw, the tail windows are boxes[1:] as already updated in place.
+    got = paste.smoothened_boxes(np.array([[0.0], [5.0], [10.0], [15.0], [20.0], [25.0]]))[:, 0]
+    assert np.allclose(got, [10.0, 15.0, 17.0, 18.4, 19.08, 18.896])
+    # shorter than T: boxes[n - T:] wraps to the end of the array, as in Python
+    assert np.allclose(paste.smoothened_boxes(np.array([[1.0], [2.0], [3.0], [10.0]]))[:, 0], [10.0] * 4)
+    assert np.allclose(paste.smoothened_boxes(np.array([[4.0], [8.0]]))[:, 0], [6.0, 7.0])
+
+
+def test_streaming_box_smoother_equals_the_whole_video_version():
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n = int(rng.integers(1, 40))
+        boxes = [None if rng.random() < 0.15 else tuple(rng.uniform(0, 500, 3)) for _ in range(n)]
+        smoother = paste.BoxSmoother()
+        out = []
+        for k, b in enumerate(boxes):
+            out += smoother.push(k, b)
+            assert len(boxes[:k + 1]) - len(out) <= paste.SMOOTH_T - 1, "at most T-1 frames wait"
+        out += smoother.finish()
+        assert [k for k, _ in out] == list(range(n)), "every frame comes out once, in order"
+        # expected: each run of frames with a face smoothed as a whole video
+        expected, run = [None] * n, []
+        for k in range(n + 1):
+            if k < n and boxes[k] is not None:
+                run.append(k)
+                continue
+            if run:
+                for j, v in zip(run, paste.smoothened_boxes([boxes[j] for j in run])):
+                    expected[j] = v
+            run = []
+        for (k, got), want in zip(out, expected):
+            assert (got is None) == (want is None), (trial, k)
+            if got is not None:
+                assert np.allclose(got, want), (trial, k, got, want)
+
+
 def test_crop_box_padding_and_input_layout():
     frame, lm = _face_frame()
     x0, y0, side = paste.face_box(lm)

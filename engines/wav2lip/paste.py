@@ -20,6 +20,64 @@ import numpy as np
 
 PADS = (0, 10, 0, 0)  # top, bottom, left, right, in pixels (Wav2Lip inference.py --pads)
 FEATHER = 0.12        # feather width as a fraction of the crop side
+SMOOTH_T = 5          # frames averaged per box (inference.py: get_smoothened_boxes(boxes, T=5))
+
+
+def smoothened_boxes(boxes, T: int = SMOOTH_T):
+    """Wav2Lip's get_smoothened_boxes on a copy, in floats: box i becomes the mean of boxes
+    i..i+T-1; the last ones the mean of the last T, updated in place as the original does
+    (so the tail averages boxes it has already smoothed)."""
+    b = np.array(boxes, dtype=np.float64, copy=True)
+    n = len(b)
+    for i in range(n):
+        window = b[n - T:] if i + T > n else b[i:i + T]
+        b[i] = np.mean(window, axis=0)
+    return b
+
+
+class BoxSmoother:
+    """get_smoothened_boxes for a stream of frames, with T-1 frames of look-ahead.
+
+    The original smooths the boxes of a whole video in which every frame has a face.
+    Here faces come per frame and may be missing for a while, so each run of consecutive
+    frames with a face is smoothed as the original would smooth a video of that run.
+    ``push(entry, box)`` takes an entry and its raw box (None: no face) and returns the
+    entries now ready, in order, as (entry, smoothed box or None); ``finish()`` returns
+    the rest.  Only the run's boxes (a few floats a frame) are kept, and at most T-1
+    entries (frames) wait.
+    """
+
+    def __init__(self, T: int = SMOOTH_T):
+        self.T = T
+        self.raw: list = []        # raw boxes of the current run
+        self.smoothed: list = []   # smoothed boxes of the run's entries already returned
+        self.waiting: list = []    # entries of the run not yet returned
+
+    def push(self, entry, box):
+        if box is None:
+            return self.finish() + [(entry, None)]
+        self.raw.append(np.asarray(box, dtype=np.float64))
+        self.waiting.append(entry)
+        out = []
+        while self.waiting and len(self.smoothed) + self.T <= len(self.raw):
+            i = len(self.smoothed)  # its window i..i+T-1 holds raw boxes only
+            self.smoothed.append(np.mean(self.raw[i:i + self.T], axis=0))
+            out.append((self.waiting.pop(0), tuple(self.smoothed[-1])))
+        return out
+
+    def finish(self):
+        """The run ends: the waiting entries get the original's tail treatment."""
+        if not self.waiting:
+            self.raw, self.smoothed = [], []
+            return []
+        boxes = np.array(self.smoothed + self.raw[len(self.smoothed):], dtype=np.float64)
+        n, T = len(boxes), self.T
+        for i in range(len(self.smoothed), n):
+            window = boxes[n - T:] if i + T > n else boxes[i:i + T]
+            boxes[i] = np.mean(window, axis=0)
+        out = [(e, tuple(boxes[len(self.smoothed) + j])) for j, e in enumerate(self.waiting)]
+        self.raw, self.smoothed, self.waiting = [], [], []
+        return out
 
 
 def face_box(lm: np.ndarray, pads=PADS):

@@ -27,6 +27,8 @@ Render parameters (``params``):
   mel         "wav2lip" (default: the original audio.py) | "facefusion" (see mel.py)
   batch       frames per model call when the model has a dynamic batch (default 16)
   pads        "top,bottom,left,right" crop padding in pixels (default "0,10,0,0")
+  smooth      average each face box over 5 frames as inference.py does (default true;
+              false = its --nosmooth, for fast head movement)
   color_fix   keep the original colour of the mouth region (default true)
   x264_preset, crf   encoder settings (as the classic engine)
 
@@ -55,7 +57,7 @@ from protocol import claim_stdout, serve  # noqa: E402  (engines/classic/protoco
 NAME = "wav2lip"
 VERSION = "1.0.0"
 NO_FACE_SECONDS = 2.0
-PARAMS = ["model", "mel", "batch", "pads", "color_fix", "x264_preset", "crf"]
+PARAMS = ["model", "mel", "batch", "pads", "smooth", "color_fix", "x264_preset", "crf"]
 
 
 def _int(v, default: int, lo: int, hi: int) -> int:
@@ -138,6 +140,7 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
     batch = model.max_batch(_int(params.get("batch"), 16, 1, 256))
     pads = _pads(params.get("pads"))
     color_fix = flag(params.get("color_fix"), True)
+    smooth = flag(params.get("smooth"), True)
 
     vinfo = probe(video)
     fps = vinfo.fps_float
@@ -216,6 +219,20 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
                 last_progress = now
         pending, n_faces = [], 0
 
+    def admit(k, frame, box):
+        """Crop a frame whose (smoothed) box is known and queue it for the model."""
+        nonlocal n_faces
+        face = None
+        if box is not None:
+            m = paste.crop_matrix(box, size)
+            frame = np.array(frame, copy=True)  # decoder frames may be read-only
+            face = (paste.crop(frame, m, size), m, box)
+            n_faces += 1
+        pending.append((k, frame, face))
+        if n_faces >= batch or len(pending) >= 4 * batch:
+            flush()
+
+    smoother = paste.BoxSmoother() if smooth else None
     it = iter(source)
     try:
         for k in range(total):
@@ -231,7 +248,7 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
                 cache.append(src_idx, lm)
             else:
                 lm = engine.tracker.track(frame)
-            face = None
+            box = None
             if lm is None:
                 if miss_run == 0:
                     miss_start = src_idx
@@ -242,15 +259,13 @@ def render_item(req: dict, engine: Engine, chan) -> dict:
                 valid_seen += 1
                 miss_run = 0
                 box = paste.face_box(lm, pads)
-                m = paste.crop_matrix(box, size)
-                frame = np.array(frame, copy=True)  # decoder frames may be read-only
-                face = (paste.crop(frame, m, size), m, box)
-                n_faces += 1
             if source.n is not None and k + 1 >= source.n and valid_seen == 0:
                 raise InputError(f"no face found at {fmt_time(0.0)} (the template has no face)")
-            pending.append((k, frame, face))
-            if n_faces >= batch or len(pending) >= 4 * batch:
-                flush()
+            ready = smoother.push((k, frame), box) if smoother else [((k, frame), box)]
+            for (rk, rframe), rbox in ready:
+                admit(rk, rframe, rbox)
+        for (rk, rframe), rbox in (smoother.finish() if smoother else []):
+            admit(rk, rframe, rbox)
         flush()
         encoder.close()
         ok = True
@@ -303,7 +318,7 @@ def main(argv=None) -> int:
         traceback.print_exc()
         chan.fatal(f"the wav2lip engine cannot start: {type(e).__name__}: {e}")
         return 1
-    from video_io import InputError
+    from video_io import InputError, TransientError
 
     sig = engine.model.sig
     print(f"wav2lip: model {path} on {engine.model.device}: mel input {sig.mel_name!r}, face input "
@@ -318,7 +333,7 @@ def main(argv=None) -> int:
         res = render_item(msg, engine, chan)
         return (res["frames"], None)
 
-    return serve(chan, NAME, render, InputError)
+    return serve(chan, NAME, render, InputError, TransientError)
 
 
 if __name__ == "__main__":
