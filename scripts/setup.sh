@@ -56,6 +56,27 @@ if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)"
     echo "$stamp" > .venv/.talkie-stamp
 fi
 
+# 3b. With an NVIDIA GPU, onnxruntime-gpu (same version) takes the place of onnxruntime, so
+# the wav2lip engine runs on CUDA. TALKIE_GPU=1 forces it, TALKIE_GPU=0 keeps the CPU build.
+# The two packages own the same module: the CPU one goes first, the GPU one is then
+# installed afresh (after a pin change reinstalled the CPU one, this runs again).
+want_gpu=${TALKIE_GPU:-auto}
+if [ "$want_gpu" = auto ]; then
+    want_gpu=0
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU' && want_gpu=1
+fi
+if [ "$want_gpu" = 1 ] && [ -x .venv/bin/python ] && .venv/bin/python -m pip show onnxruntime >/dev/null 2>&1; then
+    version=$(.venv/bin/python -m pip show onnxruntime | sed -n 's/^Version: //p')
+    say "NVIDIA GPU: installing onnxruntime-gpu $version in place of onnxruntime"
+    .venv/bin/python -m pip uninstall -q -y onnxruntime
+    gpu_package="onnxruntime-gpu==$version"
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall "$gpu_package" 2>/dev/null || {
+        gpu_package=onnxruntime-gpu   # no GPU build of this exact version: the newest one
+        .venv/bin/python -m pip install -q --no-deps --force-reinstall "$gpu_package"
+    }
+    .venv/bin/python -m pip install -q "$gpu_package" -c engines/constraints.txt
+fi
+
 # 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).
 say "building Talkie (a first build takes a few minutes)"
 if [ $WITH_TESTS -eq 1 ]; then
