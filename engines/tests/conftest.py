@@ -1,12 +1,14 @@
 """Shared fixtures: sample media generated once per session, a live worker."""
 from __future__ import annotations
 
+import collections
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
-import queue
+import time
 
 import pytest
 
@@ -44,14 +46,33 @@ def media(tmp_path_factory):
 
 
 class Worker:
-    """A real worker subprocess speaking the protocol."""
+    """A real worker subprocess speaking the JSON-lines protocol: the classic engine's unless `script` names another.
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, os.path.join(CLASSIC, "worker.py")],
+    env: entries added to the environment, after the keys in `unset` are removed from it; python_args: options
+    for the interpreter (e.g. "-u"); timeout: the default seconds recv and render wait for a message.
+    The worker's stderr is drained in binary chunks and only a bounded tail kept, so that a worker flooding it
+    cannot eat the tests' memory: `err_tail` (the last lines, each cut short), `err_bytes` (every byte read)
+    and `stderr` (the tail as one str). render records the seconds it took in `last_seconds`.
+    """
+
+    TAIL_LINES = 300   # lines of stderr kept
+    LINE_BYTES = 300   # bytes kept of each of them
+
+    def __init__(self, script: str | None = None, env: dict | None = None, unset=(), python_args=(),
+                 timeout: float = 180.0):
+        environ = dict(os.environ)
+        for key in unset:
+            environ.pop(key, None)
+        environ.update(env or {})
+        self.timeout = timeout
+        self.proc = subprocess.Popen([sys.executable, *python_args, script or os.path.join(CLASSIC, "worker.py")],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
+                                     env=environ)
         self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
+        self.err_tail: collections.deque = collections.deque(maxlen=self.TAIL_LINES)
+        self.err_bytes = 0
+        self._err_lock = threading.Lock()
+        self.last_seconds: float | None = None
         threading.Thread(target=self._pump, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
 
@@ -61,11 +82,30 @@ class Worker:
         self.lines.put(None)
 
     def _pump_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line)
+        rest = b""
+        while True:
+            chunk = self.proc.stderr.read1(65536)
+            if not chunk:
+                break
+            parts = (rest + chunk).split(b"\n")
+            rest = parts.pop()[-4096:]
+            with self._err_lock:
+                self.err_bytes += len(chunk)
+                self.err_tail.extend(self._cut(p) for p in parts[-self.TAIL_LINES:])
+        if rest:
+            with self._err_lock:
+                self.err_tail.append(self._cut(rest))
 
-    def recv(self, timeout=120.0):
-        line = self.lines.get(timeout=timeout)
+    def _cut(self, line: bytes) -> str:
+        return line[:self.LINE_BYTES].decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        with self._err_lock:
+            return "\n".join(self.err_tail)
+
+    def recv(self, timeout: float | None = None):
+        line = self.lines.get(timeout=self.timeout if timeout is None else timeout)
         if line is None:
             return None
         # every stdout line must be a protocol message
@@ -74,22 +114,24 @@ class Worker:
         return msg
 
     def send(self, msg: dict):
-        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
         self.proc.stdin.flush()
 
-    def render(self, req: dict, timeout=180.0):
-        """Send a render request; returns (final message, all messages for it)."""
+    def render(self, req: dict, timeout: float | None = None):
+        """Send a render request; returns (final message, all messages for it); the seconds in last_seconds."""
+        t0 = time.monotonic()
         self.send(dict(req, type="render"))
         seen = []
         while True:
             msg = self.recv(timeout)
-            assert msg is not None, "worker exited: " + "".join(self.stderr[-20:])
+            assert msg is not None, "worker exited: " + self.stderr[-3000:]
             seen.append(msg)
             if msg.get("type") in ("done", "error"):
                 assert msg.get("id") == req["id"]
+                self.last_seconds = time.monotonic() - t0
                 return msg, seen
 
-    def close(self):
+    def close(self, timeout: float = 15.0):
         if self.proc.poll() is None:
             try:
                 self.send({"type": "shutdown"})
@@ -97,7 +139,7 @@ class Worker:
             except (BrokenPipeError, OSError):
                 pass
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -107,7 +149,7 @@ class Worker:
 def worker():
     w = Worker()
     hello = w.recv(timeout=90)
-    assert hello is not None, "".join(w.stderr)
+    assert hello is not None, w.stderr
     w.hello = hello
     yield w
     w.close()

@@ -2,23 +2,19 @@
 engines/tests/fake_model.sh (a stand-in for a model's inference script) and real ffmpeg."""
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import os
-import queue
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ENGINES
+from conftest import ENGINES, Worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(ENGINES, "command", "worker.py")
@@ -29,80 +25,14 @@ FAST = {"x264_preset": "ultrafast"}  # the tests' encodes; the default is veryfa
 WEIRD = "-dash 'single' \"double\" $(touch pwned) ü 视频 {video} ${HOME}"
 
 
-class CommandWorker:
-    """A command-engine worker speaking the protocol; its stderr is drained but only its tail kept."""
-
-    def __init__(self, params, raw_params: str | None = None):
-        env = dict(os.environ, TALKIE_ENGINE_PARAMS=raw_params if raw_params is not None else json.dumps(params))
-        self.proc = subprocess.Popen([sys.executable, "-u", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=env)
-        self.lines: queue.Queue = queue.Queue()
-        self.err_tail: collections.deque = collections.deque(maxlen=300)
-        self.err_bytes = 0
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _pump_err(self):
-        rest = b""
-        while True:
-            chunk = self.proc.stderr.read1(65536)
-            if not chunk:
-                break
-            self.err_bytes += len(chunk)
-            parts = (rest + chunk).split(b"\n")
-            rest = parts.pop()[-4096:]
-            self.err_tail.extend(p[:300].decode("utf-8", "replace") for p in parts[-300:])
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.err_tail)
-
-    def recv(self, timeout=60.0):
-        line = self.lines.get(timeout=timeout)
-        if line is None:
-            return None
-        msg = json.loads(line)  # every stdout line must be a protocol message
-        assert isinstance(msg, dict) and "type" in msg, line
-        return msg
-
-    def send(self, msg: dict):
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        self.proc.stdin.flush()
-
-    def render(self, req: dict, timeout=60.0):
-        """Sends a render request; returns (final message, every message for it, seconds taken)."""
-        t0 = time.monotonic()
-        self.send(dict(req, type="render"))
-        seen = []
-        while True:
-            msg = self.recv(timeout)
-            assert msg is not None, "worker exited: " + self.stderr[-3000:]
-            seen.append(msg)
-            if msg.get("type") in ("done", "error"):
-                assert msg.get("id") == req["id"]
-                return msg, seen, time.monotonic() - t0
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.send({"type": "shutdown"})
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def command_worker(params, raw_params: str | None = None) -> Worker:
+    """A command-engine worker speaking the protocol (under an unbuffered interpreter)."""
+    env = {"TALKIE_ENGINE_PARAMS": raw_params if raw_params is not None else json.dumps(params)}
+    return Worker(WORKER, env=env, python_args=("-u",), timeout=60.0)
 
 
-def start(params) -> CommandWorker:
-    w = CommandWorker(dict(FAST, **params))
+def start(params) -> Worker:
+    w = command_worker(dict(FAST, **params))
     w.hello = w.recv(timeout=30)
     assert w.hello is not None and w.hello["type"] == "hello", w.stderr
     return w
@@ -211,7 +141,7 @@ NOT_EXECUTABLE = os.path.join(HERE, "conftest.py")
     (None, "TALKIE_ENGINE_PARAMS is not JSON"),
 ])
 def test_fatal_at_handshake(params, expected):
-    w = CommandWorker(params, raw_params="{not json" if params is None else None)
+    w = command_worker(params, raw_params="{not json" if params is None else None)
     try:
         msg = w.recv(timeout=30)
         assert msg is not None and msg["type"] == "fatal", (msg, w.stderr)
@@ -226,7 +156,7 @@ def test_fatal_at_handshake(params, expected):
 def test_frame_progress_and_short_output_padded(cw, media, tmp_path):
     """frame/frames progress on stderr; the model's 3 s silent video is padded to the 4 s narration."""
     req = request(media, tmp_path, "frames-1", "en", command=fake("--progress", "frames"))
-    final, seen, _ = cw.render(req)
+    final, seen = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     assert final["frames"] == 100  # 4 s at the template's 25 fps
     prog = progress_of(seen, "frames-1")
@@ -243,7 +173,7 @@ def test_percent_progress_from_tqdm_on_stdout(cw, media, tmp_path, regex):
     """tqdm-style bars redrawn with \\r, on stdout: percentages."""
     rid = "tqdm-" + str(len(regex))
     req = request(media, tmp_path, rid, "zh", command=fake("--progress", "tqdm"), progress=regex)
-    final, seen, _ = cw.render(req)
+    final, seen = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     prog = progress_of(seen, rid)
     assert prog and all(m["frames"] == 100 and m["unit"] == "percent" for m in prog), prog
@@ -259,7 +189,7 @@ def test_percent_progress_from_tqdm_on_stdout(cw, media, tmp_path, regex):
 ])
 def test_output_normalised(cw, media, tmp_path, mode, audio, params):
     req = request(media, tmp_path, f"norm-{mode}", audio, command=fake("--mode", mode), **params)
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     duration = req["duration"]
     assert final["frames"] == round(duration * 25)
@@ -276,7 +206,7 @@ def test_names_with_spaces_quotes_unicode_and_dashes_pass_intact(cw, media, tmp_
     record = str(tmp_path / "args.txt")
     req = request(media, tmp_path, "weird-1", "zh", command=fake("--record", record))
     req.update(video=video, audio=audio, output=str(d / (WEIRD + ".engine.mp4")))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     with open(record, encoding="utf-8") as f:
         args = f.read().split("\n")
@@ -304,7 +234,7 @@ def test_environment_and_literal_braces_for_sh_c(cw, media, tmp_path):
     command = "sh -c " + shlex.quote(script) + " sh {duration} {workdir}"
     req = request(media, tmp_path, "env-1", "zh", command=command)
     req["video"] = video
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     with open(record, encoding="utf-8") as f:
         got = f.read().split("\n")
@@ -319,7 +249,7 @@ def test_environment_and_literal_braces_for_sh_c(cw, media, tmp_path):
 
 def test_nonzero_exit_is_transient_with_the_tail_of_the_output(cw, media, tmp_path):
     req = request(media, tmp_path, "fail-1", "zh", command=fake("--mode", "fail"))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     msg = final["message"]
     assert "exit status 3" in msg and "CUDA out of memory" in msg and "Traceback" in msg
@@ -330,7 +260,7 @@ def test_nonzero_exit_is_transient_with_the_tail_of_the_output(cw, media, tmp_pa
 
 def test_keep_workdir_keeps_the_scratch_folder_of_a_failed_attempt(cw, media, tmp_path):
     req = request(media, tmp_path, "keep-1", "zh", command=fake("--mode", "fail"), keep_workdir=True)
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error", final
     kept = [f for f in os.listdir(tmp_path) if ".work-" in f]
     assert len(kept) == 1 and os.path.join(str(tmp_path), kept[0]) in cw.stderr
@@ -340,12 +270,12 @@ def test_keep_workdir_keeps_the_scratch_folder_of_a_failed_attempt(cw, media, tm
 def test_input_error_regex_makes_an_input_error(cw, media, tmp_path):
     req = request(media, tmp_path, "noface-1", "zh", command=fake("--mode", "noface"),
                   input_error=r"Face not detected")
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "input", final
     assert final["message"] == "ValueError: Face not detected! Ensure the video contains a face in all the frames."
     # without the regex the same failure is transient
     req = request(media, tmp_path, "noface-2", "zh", command=fake("--mode", "noface"))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     assert "exit status 1" in final["message"] and "Face not detected" in final["message"]
 
@@ -361,7 +291,7 @@ def test_input_exit_codes(cw, media, tmp_path, codes, args, kind):
     if codes is not None:
         params["input_exit_codes"] = codes
     req = request(media, tmp_path, f"codes-{codes}-{args[0]}", "zh", **params)
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == kind, final
     if args[0] == "--no-such-option":
         assert "exit status 2" in final["message"] and "unrecognized argument" in final["message"]
@@ -370,14 +300,14 @@ def test_input_exit_codes(cw, media, tmp_path, codes, args, kind):
 @pytest.mark.parametrize("mode, expected", [("nooutput", "wrote no output at "), ("empty", "wrote an empty file at ")])
 def test_no_output_is_transient(cw, media, tmp_path, mode, expected):
     req = request(media, tmp_path, f"{mode}-1", "zh", command=fake("--mode", mode))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     assert expected in final["message"] and "/output.mp4" in final["message"]
 
 
 def test_killed_by_a_signal_is_transient(cw, media, tmp_path):
     req = request(media, tmp_path, "signal-1", "zh", command=fake("--mode", "signal"))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     assert "killed by SIGKILL" in final["message"] and "about to crash" in final["message"]
 
@@ -397,25 +327,25 @@ def _processes_with(arg: str) -> list[int]:
 
 def test_timeout_kills_the_command_and_its_children(cw, media, tmp_path):
     req = request(media, tmp_path, "timeout-1", "zh", command=fake("--mode", "sleep", "--sleep", "31.25"), timeout=1)
-    final, _, took = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     assert "timed out after 1s" in final["message"]
-    assert took < 8
+    assert cw.last_seconds < 8
     time.sleep(0.2)
     assert _processes_with("31.25") == []
 
 
 def test_bad_request_params_fail_the_item_and_the_worker_goes_on(cw, media, tmp_path):
     req = request(media, tmp_path, "badparam-1", "zh", command=FAKE + " --face {face}")
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "input", final
     assert "unknown placeholder {face}" in final["message"]
     req = request(media, tmp_path, "missing-1", "zh")
     req["video"] = str(tmp_path / "nope.mp4")
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "input" and "template not found" in final["message"]
     req = request(media, tmp_path, "after-1", "zh")  # the start parameters again
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", final
 
 
@@ -435,7 +365,7 @@ def test_output_flood_keeps_memory_bounded(media, tmp_path):
     try:
         before = _peak_rss_kb(w.proc.pid)
         req = request(media, tmp_path, "flood-1", "zh")
-        final, _, took = w.render(req, timeout=80)
+        final, _ = w.render(req, timeout=80)
         assert final["type"] == "done", (final, w.stderr[-3000:])
         peak = _peak_rss_kb(w.proc.pid)
         print(f'worker peak RSS {before} kB before, {peak} kB after the flood')
@@ -480,7 +410,7 @@ def test_command_as_a_list_and_relative_executable_in_cwd(cw, media, tmp_path):
     req = request(media, tmp_path, "list-1", "zh", command=["./fake_model.sh", "--face", "{video}", "--audio",
                                                              "{audio}", "--outfile", "{output}", "--record", record],
                   cwd=HERE)
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     with open(record, encoding="utf-8") as f:
         assert f.read().split("\n")[:2] == ["--face", media["closeup"]]
@@ -491,14 +421,14 @@ def test_odd_sized_output_is_made_even(cw, media, tmp_path):
     script = ('ffmpeg -nostdin -v error -i "$TALKIE_VIDEO" -map 0:v:0 -vf scale=301:257 -c:v libx264 -preset ultrafast '
               '-pix_fmt yuv444p -an "$TALKIE_OUTPUT"')
     req = request(media, tmp_path, "odd-1", "zh", command="sh -c " + shlex.quote(script))
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "done", (final, cw.stderr[-3000:])
     check_output(req["output"], 2.0, media["zh"])
 
 
 def test_output_that_is_not_a_video_is_transient(cw, media, tmp_path):
     req = request(media, tmp_path, "notvideo-1", "zh", command="sh -c 'echo hello > \"$TALKIE_OUTPUT\"'")
-    final, _, _ = cw.render(req)
+    final, _ = cw.render(req)
     assert final["type"] == "error" and final["kind"] == "transient", final
     assert "is not a video ffmpeg can read" in final["message"]
     assert not os.path.exists(req["output"])

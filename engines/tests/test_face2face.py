@@ -3,77 +3,21 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import ENGINES, ffprobe_duration, ffprobe_streams
+from conftest import ENGINES, Worker, ffprobe_duration, ffprobe_streams
 from face2face_standin import Standin
 
 WORKER = os.path.join(ENGINES, "face2face", "worker.py")
 SHARE_AS = "/code/data/talkie"  # as the service in its container would see the share
 
 
-class F2FWorker:
+def f2f_worker(params: dict) -> Worker:
     """The face2face worker as a subprocess speaking the protocol."""
-
-    def __init__(self, params: dict):
-        env = dict(os.environ, TALKIE_ENGINE_PARAMS=json.dumps(params))
-        self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _pump_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
-    def recv(self, timeout=30.0):
-        line = self.lines.get(timeout=timeout)
-        if line is None:
-            return None
-        msg = json.loads(line)  # every stdout line must be a protocol message
-        assert isinstance(msg, dict) and "type" in msg, line
-        return msg
-
-    def send(self, msg: dict):
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-
-    def render(self, req: dict, timeout=30.0):
-        self.send(dict(req, type="render"))
-        seen = []
-        while True:
-            msg = self.recv(timeout)
-            assert msg is not None, "worker exited: " + "".join(self.stderr[-20:])
-            seen.append(msg)
-            if msg.get("type") in ("done", "error"):
-                assert msg.get("id") == req["id"]
-                return msg, seen
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.send({"type": "shutdown"})
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    return Worker(WORKER, env={"TALKIE_ENGINE_PARAMS": json.dumps(params)}, timeout=30.0)
 
 
 @pytest.fixture
@@ -88,16 +32,16 @@ def setup(tmp_path):
     workers = []
 
     def start(**over):
-        w = F2FWorker({**params, **over})
+        w = f2f_worker({**params, **over})
         workers.append(w)
         w.hello = w.recv()
-        assert w.hello is not None, "".join(w.stderr)
+        assert w.hello is not None, w.stderr
         assert w.hello["type"] == "hello", w.hello
         return w
 
     yield {"svc": svc, "params": params, "start": start, "share": str(share), "temp": str(temp), "dir": tmp_path}
     for w in workers:
-        w.close()
+        w.close(timeout=10)
     svc.close()
 
 
@@ -116,7 +60,7 @@ def check_output(path, duration):
 
 
 def fatal_of(params: dict) -> tuple[dict, int]:
-    w = F2FWorker(params)
+    w = f2f_worker(params)
     msg = w.recv()
     rc = w.proc.wait(timeout=20)
     return msg, rc
@@ -167,7 +111,7 @@ def test_success_with_progress(setup, media):
     w = setup["start"]()
     req = request(media, setup, "ok1")
     final, seen = w.render(req)
-    assert final["type"] == "done", (final, "".join(w.stderr[-20:]))
+    assert final["type"] == "done", (final, w.stderr[-3000:])
     assert final["frames"] == 100  # 4 s at 25 fps
     progress = [m for m in seen if m["type"] == "progress"]
     assert all(m["unit"] == "percent" and m["frames"] == 100 and m["stage"] for m in progress)
@@ -197,7 +141,7 @@ def test_result_reencoded_when_not_copyable(setup, media):
     w = setup["start"]()
     req = request(media, setup, "reenc1")
     final, _ = w.render(req)
-    assert final["type"] == "done", (final, "".join(w.stderr[-20:]))
+    assert final["type"] == "done", (final, w.stderr[-3000:])
     check_output(req["output"], 4.0)
     v = [s for s in ffprobe_streams(req["output"]) if s["codec_type"] == "video"][0]
     assert v["codec_name"] == "h264" and v["pix_fmt"] == "yuv420p"
@@ -254,7 +198,7 @@ def test_forgotten_with_result_file(setup, media):
     w = setup["start"]()
     req = request(media, setup, "forgot1")
     final, seen = w.render(req)
-    assert final["type"] == "done", (final, "".join(w.stderr[-20:]))
+    assert final["type"] == "done", (final, w.stderr[-3000:])
     check_output(req["output"], 4.0)
     assert any("forgot" in m["message"] for m in seen if m["type"] == "log")
     assert os.listdir(setup["temp"]) == [] and os.listdir(setup["share"]) == []

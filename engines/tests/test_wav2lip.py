@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
+
+from conftest import Worker
 
 ENGINES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIC = os.path.join(ENGINES, "classic")
@@ -403,67 +403,16 @@ def test_batching_gives_the_same_pixels(models):
 
 
 # --- the worker over the protocol -----------------------------------------------------
-class W2LWorker:
-    def __init__(self, model=None, extra_env=None):
-        env = dict(os.environ)
-        env.pop("TALKIE_WAV2LIP_MODEL", None)
-        if model is not None:
-            env["TALKIE_WAV2LIP_MODEL"] = model
-        env.update(extra_env or {})
-        self.proc = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _pump_err(self):
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
-    def recv(self, timeout=90.0):
-        line = self.lines.get(timeout=timeout)
-        if line is None:
-            return None
-        msg = json.loads(line)  # every stdout line is a protocol message
-        assert isinstance(msg, dict) and "type" in msg, line
-        return msg
-
-    def render(self, req, timeout=120.0):
-        self.proc.stdin.write(json.dumps(dict(req, type="render")) + "\n")
-        self.proc.stdin.flush()
-        seen = []
-        while True:
-            msg = self.recv(timeout)
-            assert msg is not None, "worker exited: " + "".join(self.stderr[-20:])
-            seen.append(msg)
-            if msg["type"] in ("done", "error"):
-                assert msg["id"] == req["id"]
-                return msg, seen
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write('{"type":"shutdown"}\n')
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def w2l_worker(model=None) -> Worker:
+    """The wav2lip worker with TALKIE_WAV2LIP_MODEL set to `model`, or unset."""
+    return Worker(WORKER, env={"TALKIE_WAV2LIP_MODEL": model} if model is not None else None,
+                  unset=("TALKIE_WAV2LIP_MODEL",), timeout=120.0)
 
 
 @pytest.mark.parametrize("which", ["missing", "wrong", "unset"])
 def test_fatal_handshake(models, tmp_path, which):
     path = {"missing": str(tmp_path / "absent.onnx"), "wrong": models["wrong"], "unset": None}[which]
-    w = W2LWorker(path)
+    w = w2l_worker(path)
     try:
         msg = w.recv(60)
         assert msg["type"] == "fatal", msg
@@ -505,10 +454,10 @@ def _frame_at(path, t):
 
 
 def test_render_over_protocol(models, w2l_media, tmp_path):
-    w = W2LWorker(models["ff"])
+    w = w2l_worker(models["ff"])
     try:
         hello = w.recv(90)
-        assert hello and hello["type"] == "hello", "".join(w.stderr)
+        assert hello and hello["type"] == "hello", w.stderr
         assert hello["protocol"] == 1 and hello["name"] == "wav2lip"
         caps = hello["capabilities"]
         assert caps["device"] == "cpu" and caps["audio_sample_rate"] == 16000 and caps["audio_channels"] == 1
@@ -519,7 +468,7 @@ def test_render_over_protocol(models, w2l_media, tmp_path):
                    "audio_key": "ak", "params": params, "cache_dir": str(tmp_path / "cache"), "duration": 2.0,
                    "unknown_field": 1}
             final, seen = w.render(req)
-            assert final["type"] == "done", (final, "".join(w.stderr[-30:]))
+            assert final["type"] == "done", (final, w.stderr[-3000:])
             assert final["frames"] == 50
             prog = [m for m in seen if m["type"] == "progress"]
             assert prog and prog[-1]["frame"] == prog[-1]["frames"] == 50
