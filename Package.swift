@@ -1,8 +1,9 @@
 // swift-tools-version: 6.2
 import PackageDescription
 
-/// Nonisolated async functions run on their caller's actor (SE-0461), so an actor can hand
-/// its closures to engine and media helpers without making them Sendable.
+/// Nonisolated async functions run on their caller's actor (SE-0461). Closures a helper
+/// calls from inside a task group or cancellation handler do not: those are `@Sendable` and
+/// touch no actor state (EngineSession.render's progress crashed the runner before it was).
 let settings: [SwiftSetting] = [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
 
 let package = Package(
@@ -32,10 +33,7 @@ let package = Package(
         // Durable state: journal + snapshot, recovery, hashing, hash cache, lock.
         .target(name: "TalkieStore", dependencies: ["TalkieCore", "CXXHash"], swiftSettings: settings),
         // ffprobe/ffmpeg: probe, validate, audio preprocessing, stamp + verify outputs.
-        .target(name: "TalkieMedia", dependencies: [
-            "TalkieCore",
-            .product(name: "Subprocess", package: "swift-subprocess"),
-        ], swiftSettings: settings),
+        .target(name: "TalkieMedia", dependencies: ["TalkieCore"], swiftSettings: settings),
         // The worker protocol and worker process supervision.
         .target(name: "TalkieEngine", dependencies: [
             "TalkieCore",
@@ -69,9 +67,6 @@ let package = Package(
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         ], swiftSettings: settings),
-        .testTarget(name: "TalkieRunnerTests", dependencies: [
-            "TalkieRunner",
-            .product(name: "Subprocess", package: "swift-subprocess"),
-        ], swiftSettings: settings),
+        .testTarget(name: "TalkieRunnerTests", dependencies: ["TalkieRunner"], swiftSettings: settings),
     ]
 )

@@ -1,5 +1,4 @@
 import Foundation
-import Subprocess
 import TalkieCore
 
 /// An error from the media pipeline, naming the file and what to do.
@@ -28,17 +27,15 @@ public enum Tool {
         public var error: String
     }
 
-    /// Runs `name` (a path, or a name looked up on PATH) with `arguments` to the end.
+    /// Runs `name` (a path, or a name looked up on PATH) with `arguments` to the end: standard
+    /// input empty, at most 64 MiB of standard output and 4 MiB of standard error kept.
+    /// Throws `media.tool_missing` when the tool cannot be started (or the run is cancelled).
     public static func run(_ name: String, _ arguments: [String]) async throws(MediaError) -> Result {
         do {
-            let result = try await Subprocess.run(
-                name.contains("/") ? .path(.init(name)) : .name(name), arguments: Arguments(arguments),
-                output: .string(limit: 64 << 20), error: .string(limit: 4 << 20))
-            let code: Int32 = switch result.terminationStatus {
-            case .exited(let code): code
-            case .signaled(let signal): 128 + signal
-            }
-            return Result(exitCode: code, output: result.standardOutput, error: result.standardError)
+            let result = try await ChildProcess.run(name, arguments, outputLimit: 64 << 20, errorLimit: 4 << 20)
+            return Result(exitCode: result.exitCode, output: result.output, error: result.error)
+        } catch is CancellationError {
+            throw MediaError(code: "media.tool_missing", message: "\(name) was stopped: the run was cancelled")
         } catch {
             throw MediaError(code: "media.tool_missing",
                              message: "cannot run \(name) (\(error)); install it with: apt-get install -y ffmpeg")

@@ -1,6 +1,6 @@
 import Foundation
-import Subprocess
 import TalkieCore
+import TalkieMedia
 
 /// The repository root (for engines/ and the built binary).
 let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
@@ -19,11 +19,11 @@ struct CLIResult {
 /// Runs a shell command to its end; its standard output.
 @discardableResult
 func sh(_ command: String) async throws -> String {
-    let result = try await Subprocess.run(.path("/bin/sh"), arguments: ["-c", command], output: .string(limit: 16 << 20), error: .string(limit: 1 << 20))
-    guard result.terminationStatus.isSuccess else {
-        throw CLIFailure(message: "`\(command)` failed: \(result.standardError)")
+    let result = try await ChildProcess.run("/bin/sh", ["-c", command], outputLimit: 16 << 20, errorLimit: 1 << 20)
+    guard result.exitCode == 0 else {
+        throw CLIFailure(message: "`\(command)` failed: \(result.error)")
     }
-    return result.standardOutput
+    return result.output
 }
 
 struct CLIFailure: Error, CustomStringConvertible {
@@ -55,19 +55,10 @@ final class Workspace: @unchecked Sendable {
     /// Runs `talkie` with `arguments`. `whileRunning` gets the pid and may signal it.
     func talkie(_ arguments: [String], environment: [String: String] = [:],
                 whileRunning: (@Sendable (pid_t) async throws -> Void)? = nil) async throws -> CLIResult {
-        var env: [Environment.Key: String?] = ["TALKIE_TEST_ENGINE_LOG": engineLog]
-        for (key, value) in environment { env[Environment.Key(rawValue: key)!] = value }
-        let result = try await Subprocess.run(
-            .path(.init(talkieBinary)), arguments: Arguments(arguments), environment: .inherit.updating(env),
-            workingDirectory: .init(root), input: .none, output: .string(limit: 16 << 20), error: .string(limit: 16 << 20)
-        ) { execution in
-            if let whileRunning { try await whileRunning(execution.processIdentifier.value) }
-        }
-        let code: Int32 = switch result.terminationStatus {
-        case .exited(let code): code
-        case .signaled(let signal): 128 + signal
-        }
-        return CLIResult(code: code, output: result.standardOutput, error: result.standardError)
+        let result = try await ChildProcess.run(
+            talkieBinary, arguments, environment: environment.merging(["TALKIE_TEST_ENGINE_LOG": engineLog]) { given, _ in given },
+            workingDirectory: root, outputLimit: 16 << 20, errorLimit: 16 << 20, whileRunning: whileRunning)
+        return CLIResult(code: result.exitCode, output: result.output, error: result.error)
     }
 
     /// `talkie run` with the test engine over templates/ into outputs/.
