@@ -14,7 +14,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
@@ -35,10 +34,7 @@ let package = Package(
         // ffprobe/ffmpeg: probe, validate, audio preprocessing, stamp + verify outputs.
         .target(name: "TalkieMedia", dependencies: ["TalkieCore"], swiftSettings: settings),
         // The worker protocol and worker process supervision.
-        .target(name: "TalkieEngine", dependencies: [
-            "TalkieCore",
-            .product(name: "Subprocess", package: "swift-subprocess"),
-        ], swiftSettings: settings),
+        .target(name: "TalkieEngine", dependencies: ["TalkieCore", "TalkieMedia"], swiftSettings: settings),
         // The batch runner: reconcile, schedule, retry, events.
         .target(name: "TalkieRunner", dependencies: [
             "TalkieCore", "TalkieStore", "TalkieMedia", "TalkieEngine",

@@ -1,7 +1,7 @@
 import Foundation
-import Subprocess
 import Synchronization
 import TalkieCore
+import TalkieMedia
 
 /// How to start an engine worker.
 public struct EngineCommand: Sendable, Equatable {
@@ -94,17 +94,16 @@ public final class StderrSink: Sendable {
 public final class EngineSession {
     /// What the worker said in its handshake.
     public let hello: EngineHello
-    private var lines: SubprocessOutputSequence.StringSequence<UTF8>.AsyncIterator
-    private let writer: StandardInputWriter
+    private var lines: AsyncThrowingStream<String, any Error>.Iterator
+    private let worker: ChildProcess.Worker
     /// The worker's process group (its pid): signalling it reaches the worker and its children.
     public let processGroup: pid_t
 
-    init(hello: EngineHello, lines: SubprocessOutputSequence.StringSequence<UTF8>.AsyncIterator,
-         writer: StandardInputWriter, processGroup: pid_t) {
+    init(hello: EngineHello, lines: AsyncThrowingStream<String, any Error>.Iterator, worker: ChildProcess.Worker) {
         self.hello = hello
         self.lines = lines
-        self.writer = writer
-        self.processGroup = processGroup
+        self.worker = worker
+        self.processGroup = worker.pid
     }
 
     /// Renders one item. `progress` is called with each progress report, `log` with engine log
@@ -113,7 +112,7 @@ public final class EngineSession {
     public func render(_ job: RenderJob, timeout: Double, progress: @Sendable (RenderProgress) -> Void,
                        log: @Sendable (String) -> Void) async throws(EngineFailure) -> RenderOutcome {
         do {
-            _ = try await writer.write(job.line)
+            try worker.write(job.line)
         } catch {
             throw .crashed("it no longer reads its input")
         }
@@ -177,53 +176,50 @@ public enum EngineWorker {
         _ command: EngineCommand, stderr sink: StderrSink, handshakeTimeout: Double = 120,
         body: (EngineSession) async throws -> Result
     ) async throws -> Result {
-        var options = PlatformOptions()
-        options.processGroupID = 0
-        var environment: [Environment.Key: String?] = [:]
-        for (key, value) in command.environment {
-            if let key = Environment.Key(rawValue: key) { environment[key] = value }
-        }
-        let executable: Executable = command.executable.contains("/") ? .path(.init(command.executable)) : .name(command.executable)
-        let outcome: ExecutionResult<Result, SequenceOutput, SequenceOutput>
+        let worker: ChildProcess.Worker
         do {
-            outcome = try await Subprocess.run(
-                executable, arguments: Arguments(command.arguments), environment: .inherit.updating(environment),
-                platformOptions: options, input: .inputWriter, output: .sequence, error: .sequence
-            ) { execution in
-                let group = execution.processIdentifier.value
-                defer { kill(-group, SIGKILL) }  // leftovers such as an orphaned ffmpeg
-                return try await withThrowingTaskGroup(of: Void.self) { tasks in
-                    tasks.addTask {
-                        for try await chunk in execution.standardError {
-                            sink.write(chunk.withUnsafeBytes { Data($0) })
-                        }
-                    }
-                    var lines = execution.standardOutput.strings().makeAsyncIterator()
-                    let hello = try await handshake(&lines, group: group, timeout: handshakeTimeout)
-                    let session = EngineSession(hello: hello, lines: lines, writer: execution.standardInputWriter,
-                                                processGroup: group)
-                    let result = try await body(session)
-                    _ = try? await execution.standardInputWriter.write("{\"type\":\"shutdown\"}\n")
-                    try? await execution.standardInputWriter.finish()
-                    tasks.addTask {
-                        try? await Task.sleep(for: .seconds(10))
-                        if !Task.isCancelled { kill(-group, SIGKILL) }
-                    }
-                    _ = try await tasks.next()  // stderr closed: the worker is gone
-                    tasks.cancelAll()
-                    return result
-                }
-            }
-        } catch let failure as EngineFailure {
-            throw failure
-        } catch let error as SubprocessError {
-            throw EngineFailure.startFailed("cannot run \(command.displayString): \(error)")
+            worker = try ChildProcess.start(command.executable, command.arguments, environment: command.environment,
+                                            newProcessGroup: true) { chunk in sink.write(Data(chunk)) }
+        } catch {
+            throw EngineFailure.startFailed("cannot run \(command.displayString): \(error.reason)")
         }
-        return outcome.closureResult
+        let group = worker.pid
+        let result: Result
+        do {
+            var lines = worker.lines.makeAsyncIterator()
+            let hello = try await handshake(&lines, group: group, timeout: handshakeTimeout, command: command)
+            result = try await body(EngineSession(hello: hello, lines: lines, worker: worker))
+        } catch {
+            await finish(worker)
+            throw error
+        }
+        try? worker.write("{\"type\":\"shutdown\"}\n")
+        worker.closeInput()
+        // The worker gets 10 s to exit (none when the caller is cancelled: the run is stopping);
+        // the deadline's task ends before the reap below, so it never signals a reused group id.
+        let exited = Flag()
+        await withTaskGroup(of: Void.self) { deadline in
+            deadline.addTask {
+                try? await Task.sleep(for: .seconds(10))
+                if !exited.isSet { kill(-group, SIGKILL) }
+            }
+            await worker.exited()
+            exited.set()
+            deadline.cancelAll()
+        }
+        await finish(worker)
+        return result
     }
 
-    private static func handshake(_ lines: inout SubprocessOutputSequence.StringSequence<UTF8>.AsyncIterator,
-                                  group: pid_t, timeout: Double) async throws -> EngineHello {
+    /// Kills what is left of the worker's group (such as an orphaned ffmpeg), then reaps the
+    /// worker. The group id stays the worker's until the reap, so the kill cannot go astray.
+    private static func finish(_ worker: ChildProcess.Worker) async {
+        kill(-worker.pid, SIGKILL)
+        await worker.reap()
+    }
+
+    private static func handshake(_ lines: inout AsyncThrowingStream<String, any Error>.Iterator,
+                                  group: pid_t, timeout: Double, command: EngineCommand) async throws -> EngineHello {
         let expired = Flag()
         return try await withThrowingTaskGroup(of: Void.self) { watchdog in
             watchdog.addTask {
@@ -234,7 +230,15 @@ public enum EngineWorker {
                 }
             }
             defer { watchdog.cancelAll() }
-            guard let line = try await lines.next(isolation: nil) else {
+            let next: String?
+            do {
+                next = try await lines.next(isolation: nil)
+            } catch {
+                throw EngineFailure.startFailed("cannot run \(command.displayString): \(error)")
+            }
+            guard let line = next else {
+                // Cancellation ends the line stream too; the caller kills the worker.
+                try Task.checkCancellation()
                 if expired.isSet {
                     throw EngineFailure.startFailed(String(format: "no handshake within %.0f s", timeout))
                 }

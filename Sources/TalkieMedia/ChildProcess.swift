@@ -1,14 +1,15 @@
 import Glibc
 import Synchronization
 
-/// Runs a short-lived program to its end and collects its output, built directly on
-/// `posix_spawn` and one reader thread per run.
+/// Runs a short-lived program to its end and collects its output (`run`), or starts a
+/// long-lived one to talk to line by line (`start`, see `Worker`), built directly on
+/// `posix_spawn` and one reader thread per child.
 ///
 /// Why not swift-subprocess: its Linux process monitor (1.0.2) keys its waiters by the pidfd's
 /// file-descriptor number and skips registering a pidfd whose number it already knows, so a
 /// stale entry for a recycled number can leave a new process unmonitored and its `run` waiting
-/// forever. Long-lived engine workers still run on swift-subprocess; this type never disturbs
-/// them because it only ever waits for the one pid it started (never `waitpid(-1)`).
+/// forever. This type only ever waits for the one pid it started (never `waitpid(-1)`), so
+/// runs and workers never disturb each other or anything else that starts processes.
 ///
 /// How a run works:
 /// - The child gets `/dev/null` as standard input and two pipes as standard output and error.
@@ -91,8 +92,8 @@ public enum ChildProcess {
         let spawned = try spawn(executable, arguments, environment: environment, workingDirectory: workingDirectory)
         let monitor = Monitor(pid: spawned.pid)
         do {
-            try startReader(Reader(monitor: monitor, output: spawned.output, error: spawned.error,
-                                   outputLimit: max(0, outputLimit), errorLimit: max(0, errorLimit)))
+            let keeper = Keeper(monitor: monitor, outputLimit: max(0, outputLimit), errorLimit: max(0, errorLimit))
+            try startReader(Reader(pid: spawned.pid, output: spawned.output, error: spawned.error, sink: keeper))
         } catch {
             // No thread to read: stop the child, close the pipes and reap it before giving up.
             monitor.kill()
@@ -124,16 +125,23 @@ public enum ChildProcess {
 // MARK: - Spawning
 
 extension ChildProcess {
-    /// A started child and the parent's (reading) ends of its output pipes.
+    /// A started child and the parent's ends of its pipes.
     fileprivate struct Spawned {
         var pid: pid_t
+        /// The reading end of its standard output.
         var output: Int32
+        /// The reading end of its standard error.
         var error: Int32
+        /// The writing end of its standard input, or -1 when it reads `/dev/null`.
+        var input: Int32
     }
 
-    /// Starts the child: `/dev/null` in, pipes out, descriptors above 2 closed, signals reset.
+    /// Starts the child: `/dev/null` (or, with `pipeInput`, a pipe) in, pipes out, descriptors
+    /// above 2 closed, signals reset; with `newProcessGroup` it leads a process group of its
+    /// own (group id = its pid), so signalling `-pid` reaches it and everything it starts.
     fileprivate static func spawn(_ executable: String, _ arguments: [String], environment: [String: String]?,
-                                  workingDirectory: String?) throws(SpawnError) -> Spawned {
+                                  workingDirectory: String?, pipeInput: Bool = false,
+                                  newProcessGroup: Bool = false) throws(SpawnError) -> Spawned {
         func failure(_ code: Int32, _ reason: String? = nil) -> SpawnError {
             SpawnError(executable: executable, code: code, reason: reason ?? describe(code))
         }
@@ -154,16 +162,24 @@ extension ChildProcess {
             close(output[0]); close(output[1])
             throw failure(code, "cannot make a pipe (\(describe(code)))")
         }
-        func closeAll() { for fd in output + error { close(fd) } }
+        var input: [Int32] = [-1, -1]
+        guard !pipeInput || makePipe(&input) else {
+            let code = errno
+            for fd in output + error { close(fd) }
+            throw failure(code, "cannot make a pipe (\(describe(code)))")
+        }
+        func closeAll() { for fd in output + error + input where fd >= 0 { close(fd) } }
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        var setup = posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        var setup = pipeInput
+            ? posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+            : posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         if setup == 0 { setup = posix_spawn_file_actions_adddup2(&actions, output[1], 1) }
         if setup == 0 { setup = posix_spawn_file_actions_adddup2(&actions, error[1], 2) }
         // The originals (close-on-exec anyway) go before exec; 0-2 are the copies.
-        for fd in [output[0], output[1], error[0], error[1]] where setup == 0 && fd > 2 {
+        for fd in [output[0], output[1], error[0], error[1]] + input where setup == 0 && fd > 2 {
             setup = posix_spawn_file_actions_addclose(&actions, fd)
         }
         if setup == 0, let closeFrom = GNU.addCloseFrom {
@@ -194,7 +210,12 @@ extension ChildProcess {
         sigemptyset(&mask)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        var flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK
+        if newProcessGroup {
+            posix_spawnattr_setpgroup(&attributes, 0)  // 0: a new group, led by the child
+            flags |= POSIX_SPAWN_SETPGROUP
+        }
+        posix_spawnattr_setflags(&attributes, Int16(flags))
 
         var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
@@ -213,7 +234,8 @@ extension ChildProcess {
         }
         close(output[1])
         close(error[1])
-        return Spawned(pid: pid, output: output[0], error: error[0])
+        if pipeInput { close(input[0]) }
+        return Spawned(pid: pid, output: output[0], error: error[0], input: input[1])
     }
 
     /// The inherited environment with `overrides` set over it.
@@ -366,6 +388,37 @@ extension ChildProcess {
         }
     }
 
+    /// Where the reader thread puts what it reads (all calls come from that one thread).
+    fileprivate protocol ReaderSink: AnyObject {
+        /// Bytes read from standard output (`stream` 0) or standard error (1).
+        func received(_ bytes: UnsafeRawBufferPointer, from stream: Int)
+        /// The stream reached its end, or the reader stopped reading it.
+        func ended(_ stream: Int)
+        /// Both pipes are done and the child has exited (it is not reaped). Called last, once.
+        func finished()
+    }
+
+    /// What `run` keeps: at most the limit of each stream, handed to the monitor at the end.
+    fileprivate final class Keeper: ReaderSink {
+        let monitor: Monitor
+        let limits: [Int]
+        var kept: [[UInt8]] = [[], []]
+
+        init(monitor: Monitor, outputLimit: Int, errorLimit: Int) {
+            self.monitor = monitor
+            self.limits = [outputLimit, errorLimit]
+        }
+
+        func received(_ bytes: UnsafeRawBufferPointer, from stream: Int) {
+            let room = limits[stream] - kept[stream].count
+            if room > 0 { kept[stream].append(contentsOf: bytes.prefix(min(room, bytes.count))) }
+        }
+
+        func ended(_ stream: Int) {}
+
+        func finished() { monitor.deliver(Captured(output: kept[0], error: kept[1])) }
+    }
+
     /// The reader thread's work: both pipes to their end, then the child's exit.
     fileprivate final class Reader {
         /// How long to keep reading after the child exited while a pipe is still open
@@ -374,24 +427,20 @@ extension ChildProcess {
         /// How often to look whether the child exited while its pipes stay quiet.
         static let tick: Int32 = 100
 
-        let monitor: Monitor
+        let pid: pid_t
         let output: Int32
         let error: Int32
-        let outputLimit: Int
-        let errorLimit: Int
+        let sink: any ReaderSink
 
-        init(monitor: Monitor, output: Int32, error: Int32, outputLimit: Int, errorLimit: Int) {
-            self.monitor = monitor
+        init(pid: pid_t, output: Int32, error: Int32, sink: any ReaderSink) {
+            self.pid = pid
             self.output = output
             self.error = error
-            self.outputLimit = outputLimit
-            self.errorLimit = errorLimit
+            self.sink = sink
         }
 
         func run() {
             var fds = [pollfd(fd: output, events: Int16(POLLIN), revents: 0), pollfd(fd: error, events: Int16(POLLIN), revents: 0)]
-            var kept: [[UInt8]] = [[], []]
-            let limits = [outputLimit, errorLimit]
             var exitedAt: ContinuousClock.Instant?
             let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 1)
             defer { chunk.deallocate() }
@@ -412,17 +461,20 @@ extension ChildProcess {
                 for index in fds.indices where fds[index].fd >= 0 && fds[index].revents != 0 {
                     let count = read(fds[index].fd, chunk.baseAddress, chunk.count)
                     if count > 0 {
-                        let room = limits[index] - kept[index].count
-                        if room > 0 { kept[index].append(contentsOf: chunk.prefix(min(room, count))) }
+                        sink.received(UnsafeRawBufferPointer(rebasing: chunk[0..<count]), from: index)
                     } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
                         close(fds[index].fd)
                         fds[index].fd = -1
+                        sink.ended(index)
                     }
                 }
             }
-            for fd in fds where fd.fd >= 0 { close(fd.fd) }
+            for index in fds.indices where fds[index].fd >= 0 {
+                close(fds[index].fd)
+                sink.ended(index)
+            }
             if exitedAt == nil { _ = hasExited(wait: true) }
-            monitor.deliver(Captured(output: kept[0], error: kept[1]))
+            sink.finished()
         }
 
         /// Whether the child has exited, leaving it a zombie for the awaiting task to reap.
@@ -430,7 +482,7 @@ extension ChildProcess {
         private func hasExited(wait: Bool) -> Bool {
             while true {
                 var info = siginfo_t()
-                let result = waitid(P_PID, id_t(monitor.pid), &info, WEXITED | WNOWAIT | (wait ? 0 : WNOHANG))
+                let result = waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT | (wait ? 0 : WNOHANG))
                 if result == 0 { return wait || info._sifields._sigchld.si_pid != 0 }
                 if errno == EINTR { continue }
                 return true  // ECHILD: gone already (reaped elsewhere); nothing left to wait for.
@@ -459,3 +511,263 @@ extension ChildProcess {
     }
 }
 
+
+// MARK: - Long-lived workers
+
+extension ChildProcess {
+    /// A long-lived child that reads lines on its standard input and answers with lines on its
+    /// standard output (an engine worker), started by `ChildProcess.start`.
+    ///
+    /// - Standard input is a pipe whose writing end only this process holds (close-on-exec):
+    ///   `write` sends text, `closeInput` gives the child its end of input.
+    /// - The reader thread splits standard output into `lines` and hands standard error, chunk
+    ///   by chunk, to the callback given to `start`. `lines` finishes when standard output reaches
+    ///   its end (or about a second after the child exited while a grandchild still holds it).
+    /// - `exited()` waits for the child's exit without reaping it; `reap()` reaps it (that pid
+    ///   only). Until `reap` the pid, and with `newProcessGroup` the group id, stay the child's,
+    ///   so signals sent to them cannot reach an unrelated process. Always call `reap`.
+    public final class Worker: Sendable {
+        /// The child's pid; with `newProcessGroup`, also its process group's id.
+        public let pid: pid_t
+        /// Standard output, line by line, without the line break (`\n`, or `\r\n`). Iterate it
+        /// from one task only. It throws `LineTooLong` (and ends) when a line exceeds the
+        /// limit given to `start`; like any `AsyncThrowingStream` it ends when the iterating
+        /// task is cancelled.
+        public let lines: AsyncThrowingStream<String, any Error>
+
+        private let input: Mutex<Int32>
+        private let state = Mutex(ExitState())
+
+        private struct ExitState {
+            var exited = false
+            var waiters: [CheckedContinuation<Void, Never>] = []
+            var status: Int32?
+        }
+
+        fileprivate init(pid: pid_t, input: Int32, lines: AsyncThrowingStream<String, any Error>) {
+            self.pid = pid
+            self.input = Mutex(input)
+            self.lines = lines
+        }
+
+        deinit {
+            input.withLock { fd in if fd >= 0 { close(fd) } }
+        }
+
+        /// Writes `text` to the child's standard input, blocking the calling thread until the
+        /// pipe took all of it (meant for short lines). Never raises `SIGPIPE`: a child that
+        /// no longer reads its input shows as `WriteError` with `EPIPE`.
+        public func write(_ text: String) throws(WriteError) {
+            let code: Int32 = input.withLock { fd in
+                guard fd >= 0 else { return EBADF }
+                var bytes = Array(text.utf8)
+                return bytes.withUnsafeMutableBytes { ChildProcess.writeAll(fd, UnsafeRawBufferPointer($0)) }
+            }
+            if code != 0 { throw WriteError(code: code) }
+        }
+
+        /// Closes the child's standard input (it reads end of file). Later writes fail with `EBADF`.
+        public func closeInput() {
+            input.withLock { fd in
+                if fd >= 0 { close(fd) }
+                fd = -1
+            }
+        }
+
+        /// Returns once the child has exited and its pipes are read (it is not reaped yet).
+        /// Not cancellable: pair it with a deadline that kills the child.
+        public func exited() async {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let done = state.withLock { state in
+                    if state.exited { return true }
+                    state.waiters.append(continuation)
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+        }
+
+        /// Waits for the child's exit (`exited()`), reaps it and returns its exit code, or 128 +
+        /// the signal that ended it. Calling it again returns the same code.
+        @discardableResult
+        public func reap() async -> Int32 {
+            await exited()
+            return state.withLock { state in
+                if let status = state.status { return status }
+                var status: Int32 = 0
+                var result: pid_t
+                repeat { result = waitpid(pid, &status, 0) } while result < 0 && errno == EINTR
+                let signal = status & 0x7f
+                let code: Int32 = result != pid ? -1 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+                state.status = code
+                return code
+            }
+        }
+
+        /// Called by the reader thread once the pipes are done and the child has exited.
+        fileprivate func markExited() {
+            let waiters = state.withLock { state in
+                state.exited = true
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    /// A write to a worker's standard input that failed.
+    public struct WriteError: Error, Sendable, Equatable, CustomStringConvertible {
+        /// The `errno` value: `EPIPE` when the child no longer reads, `EBADF` after `closeInput`.
+        public var code: Int32
+        /// Creates a write error.
+        public init(code: Int32) { self.code = code }
+        /// `strerror` of the code.
+        public var description: String { ChildProcess.describe(code) }
+    }
+
+    /// A worker's output line longer than the limit given to `start`.
+    public struct LineTooLong: Error, Sendable, Equatable, CustomStringConvertible {
+        /// The limit, in bytes.
+        public var limit: Int
+        /// Creates the error.
+        public init(limit: Int) { self.limit = limit }
+        /// "a line of output is longer than N bytes".
+        public var description: String { "a line of output is longer than \(limit) bytes" }
+    }
+
+    /// Starts a long-lived worker: a pipe as standard input, standard output as `lines`,
+    /// standard error handed to `standardError` (on the reader thread, as it arrives).
+    ///
+    /// - Parameters:
+    ///   - executable: A path, or a name looked up on the `PATH` the child will see.
+    ///   - arguments: The arguments, without the program's own name.
+    ///   - environment: nil to inherit this process's environment; otherwise variables set over
+    ///     the inherited environment.
+    ///   - workingDirectory: The child's working directory; nil for this process's.
+    ///   - newProcessGroup: Whether the child leads a process group of its own (id = its pid).
+    ///   - lineLimit: The longest output line accepted, in bytes.
+    ///   - standardError: Receives standard error's bytes, chunk by chunk.
+    /// - Throws: `SpawnError` when the program cannot be started.
+    public static func start(
+        _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+        workingDirectory: String? = nil, newProcessGroup: Bool = false, lineLimit: Int = 128 << 10,
+        standardError: @escaping @Sendable (UnsafeRawBufferPointer) -> Void
+    ) throws(SpawnError) -> Worker {
+        let spawned = try spawn(executable, arguments, environment: environment, workingDirectory: workingDirectory,
+                                pipeInput: true, newProcessGroup: newProcessGroup)
+        let (lines, continuation) = AsyncThrowingStream.makeStream(of: String.self, throwing: (any Error).self)
+        let worker = Worker(pid: spawned.pid, input: spawned.input, lines: lines)
+        let splitter = LineSplitter(worker: worker, lines: continuation, limit: max(1, lineLimit), error: standardError)
+        do {
+            try startReader(Reader(pid: spawned.pid, output: spawned.output, error: spawned.error, sink: splitter))
+        } catch {
+            // No thread to read: stop the child, close the pipes and reap it before giving up.
+            _ = kill(spawned.pid, SIGKILL)
+            close(spawned.output)
+            close(spawned.error)
+            worker.closeInput()
+            var status: Int32 = 0
+            while waitpid(spawned.pid, &status, 0) < 0 && errno == EINTR {}
+            continuation.finish()
+            throw SpawnError(executable: executable, code: error.code, reason: "cannot start a reader thread (\(error.reason))")
+        }
+        return worker
+    }
+
+    /// A worker's reader sink: standard output split into lines, standard error passed on.
+    fileprivate final class LineSplitter: ReaderSink {
+        let worker: Worker
+        let lines: AsyncThrowingStream<String, any Error>.Continuation
+        let limit: Int
+        let error: @Sendable (UnsafeRawBufferPointer) -> Void
+        /// The start of a line whose end has not come yet.
+        var pending: [UInt8] = []
+        /// Set once `lines` has finished (end of output, or a line too long): drop the rest.
+        var done = false
+
+        init(worker: Worker, lines: AsyncThrowingStream<String, any Error>.Continuation, limit: Int,
+             error: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) {
+            self.worker = worker
+            self.lines = lines
+            self.limit = limit
+            self.error = error
+        }
+
+        func received(_ bytes: UnsafeRawBufferPointer, from stream: Int) {
+            guard stream == 0 else { return error(bytes) }
+            guard !done else { return }
+            var start = 0
+            while let newline = bytes[start...].firstIndex(of: 0x0A) {
+                pending.append(contentsOf: bytes[start..<newline])
+                emit()
+                start = newline + 1
+            }
+            pending.append(contentsOf: bytes[start...])
+            if pending.count > limit {
+                done = true
+                pending = []
+                lines.finish(throwing: LineTooLong(limit: limit))
+            }
+        }
+
+        /// Yields the pending line, without a carriage return before the line feed.
+        private func emit() {
+            if pending.last == 0x0D { pending.removeLast() }
+            if pending.count > limit {
+                done = true
+                lines.finish(throwing: LineTooLong(limit: limit))
+            } else {
+                lines.yield(String(decoding: pending, as: UTF8.self))
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
+
+        func ended(_ stream: Int) {
+            guard stream == 0, !done else { return }
+            if !pending.isEmpty { emit() }
+            done = true
+            lines.finish()
+        }
+
+        func finished() {
+            if !done {
+                done = true
+                lines.finish()
+            }
+            worker.markExited()
+        }
+    }
+
+    /// Writes all of `bytes` to `fd` with `SIGPIPE` blocked on this thread (and a `SIGPIPE` the
+    /// write raised taken back), so a reader that went away shows as `EPIPE` instead of
+    /// killing this process. Returns 0, or the `errno` of the failure.
+    fileprivate static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        var pending = sigset_t()
+        sigpending(&pending)
+        let alreadyPending = sigismember(&pending, SIGPIPE) == 1
+
+        var offset = 0
+        var failure: Int32 = 0
+        while offset < bytes.count, let base = bytes.baseAddress {
+            let count = Glibc.write(fd, base + offset, bytes.count - offset)
+            if count >= 0 {
+                offset += count
+            } else if errno != EINTR {
+                failure = errno
+                break
+            }
+        }
+        if failure == EPIPE, !alreadyPending {
+            // The signal the failed write raised (none when SIGPIPE is ignored): take it back.
+            var now = timespec(tv_sec: 0, tv_nsec: 0)
+            while sigtimedwait(&pipeSignal, nil, &now) < 0 && errno == EINTR {}
+        }
+        return failure
+    }
+}
