@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "TalkieCore", swiftSettings: settings),
         // Durable state: journal + snapshot, recovery, hashing, hash cache, lock.
         .target(name: "TalkieStore", dependencies: ["TalkieCore", "CXXHash"], swiftSettings: settings),
-        // ffprobe/ffmpeg: probe, validate, audio preprocessing, stamp + verify outputs.
+        // Child processes (posix_spawn), ffprobe/ffmpeg: probe, validate, audio preprocessing, stamp + verify.
         .target(name: "TalkieMedia", dependencies: ["TalkieCore"], swiftSettings: settings),
         // The worker protocol and worker process supervision.
         .target(name: "TalkieEngine", dependencies: ["TalkieCore", "TalkieMedia"], swiftSettings: settings),
