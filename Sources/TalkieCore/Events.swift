@@ -160,6 +160,12 @@ extension BatchEvent {
 
     /// One JSON line (no newline): `{"time":…,"event":…, other fields sorted}`.
     public func jsonLine(at date: Date) -> String {
+        Self.jsonLine(event: name, fields: fields, at: date)
+    }
+
+    /// The line format of every event, also for events that are not a `BatchEvent` (the CLI's
+    /// `batch_failed`): time first, then the event's name, then the other fields sorted.
+    public static func jsonLine(event name: String, fields: [String: JSONValue], at date: Date) -> String {
         var rest = fields
         rest["event"] = nil
         let encoder = JSONEncoder()

@@ -34,12 +34,8 @@ final class EventPrinter: @unchecked Sendable {
         lock.withLock {
             clearStatusLine()
             if mode == .json {
-                var fields: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
-                fields["time"] = .string(Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
-                fields["event"] = .string("batch_failed")
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-                write(String(decoding: (try? encoder.encode(fields)) ?? Data(), as: UTF8.self) + "\n")
+                let fields: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+                write(BatchEvent.jsonLine(event: "batch_failed", fields: fields, at: Date()) + "\n")
             }
             FileHandle.standardError.write(Data("error: \(message)\n".utf8))
         }

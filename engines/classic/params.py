@@ -1,7 +1,9 @@
 """Reading render-request parameters and formatting times: shared by the engine workers."""
 from __future__ import annotations
 
+import json
 import math
+import os
 
 
 def flag(value, default: bool = False) -> bool:
@@ -33,3 +35,18 @@ def fmt_time(t: float) -> str:
     m = int((t % 3600) // 60)
     s = t - 3600 * h - 60 * m
     return f"{h:02d}:{m:02d}:{s:04.1f}"
+
+
+def env_params() -> dict:
+    """The run's engine parameters given at start (TALKIE_ENGINE_PARAMS, a JSON object; {} when
+    absent). A ValueError says what is wrong with it; the worker reports it as a fatal."""
+    raw = os.environ.get("TALKIE_ENGINE_PARAMS", "").strip()
+    if not raw:
+        return {}
+    try:
+        params = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"TALKIE_ENGINE_PARAMS is not JSON: {e}") from None
+    if not isinstance(params, dict):
+        raise ValueError("TALKIE_ENGINE_PARAMS must be a JSON object")
+    return params

@@ -62,7 +62,7 @@ for _p in (_CLASSIC, _HERE):  # _HERE first on the path
         sys.path.remove(_p)
     sys.path.insert(0, _p)
 
-from params import flag, number  # noqa: E402  (engines/classic/params.py)
+from params import env_params, flag, number  # noqa: E402  (engines/classic/params.py)
 from protocol import claim_stdout, serve  # noqa: E402  (engines/classic/protocol.py)
 
 NAME = "command"
@@ -233,16 +233,10 @@ class Settings:
 
 
 def start_params() -> dict:
-    raw = os.environ.get("TALKIE_ENGINE_PARAMS", "").strip()
-    if not raw:
-        return {}
     try:
-        params = json.loads(raw)
+        return env_params()
     except ValueError as e:
-        raise ConfigError(f"TALKIE_ENGINE_PARAMS is not JSON: {e}")
-    if not isinstance(params, dict):
-        raise ConfigError("TALKIE_ENGINE_PARAMS must be a JSON object")
-    return params
+        raise ConfigError(str(e))
 
 
 # processes -------------------------------------------------------------------------------

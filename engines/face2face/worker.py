@@ -81,7 +81,7 @@ for _p in (_CLASSIC, _HERE):  # _HERE first on the path
     sys.path.insert(0, _p)
 
 import heygem  # noqa: E402
-from params import flag, number  # noqa: E402  (engines/classic/params.py)
+from params import env_params, flag, number  # noqa: E402  (engines/classic/params.py)
 from protocol import claim_stdout, serve  # noqa: E402  (engines/classic/protocol.py)
 
 NAME = "face2face"
@@ -145,16 +145,6 @@ class Settings:
         if not os.access(self.share, os.W_OK | os.X_OK):
             return f"the folder share={self.share} is not writable"
         return None
-
-
-def load_env_params() -> dict:
-    raw = os.environ.get("TALKIE_ENGINE_PARAMS", "").strip()
-    if not raw:
-        return {}
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("TALKIE_ENGINE_PARAMS is not a JSON object")
-    return value
 
 
 def check_service(s: Settings) -> str | None:
@@ -490,11 +480,11 @@ class Item:
 def main() -> int:
     chan = claim_stdout()
     try:
-        env_params = load_env_params()
+        start = env_params()
     except ValueError as e:
-        chan.fatal(f"the face2face engine cannot start: TALKIE_ENGINE_PARAMS is not valid JSON: {e}")
+        chan.fatal(f"the face2face engine cannot start: {e}")
         return 1
-    s = Settings(env_params)
+    s = Settings(start)
     problem = s.problem()
     if problem is None and not (shutil.which("ffmpeg") and shutil.which("ffprobe")):
         problem = "ffmpeg/ffprobe are not installed (the face2face engine muxes the service's result with them)"
@@ -507,7 +497,7 @@ def main() -> int:
     chan.hello(NAME, VERSION, {"progress": True, "device": f"face2face {s.url}"})
 
     def render(msg):
-        params = dict(env_params)
+        params = dict(start)
         if isinstance(msg.get("params"), dict):
             params.update({k: v for k, v in msg["params"].items() if v is not None})
         s_item = Settings(params)
