@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "TalkieCoreTests", dependencies: ["TalkieCore"], swiftSettings: settings),
         .testTarget(name: "TalkieStoreTests", dependencies: ["TalkieStore"], swiftSettings: settings),
         .testTarget(name: "TalkieServerTests", dependencies: [
-            "TalkieServer", "TalkieMedia",
+            "TalkieServer", "TalkieMedia", "TalkieStore",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         ], swiftSettings: settings),

@@ -73,8 +73,8 @@ public actor BatchRunner {
         defer { continuation.finish() }
         let outputs = config.outputs
         try prepareFolder(outputs)
-        let lock = try StoreLock(folder: outputs)
-        defer { lock.release() }
+        let lock = config.outputsLockHeld ? nil : try StoreLock(folder: outputs)
+        defer { lock?.release() }
         sweepTemporaryFiles()
         let store = try StateStore(folder: outputs, writtenBy: version)
         self.store = store

@@ -31,6 +31,9 @@ public struct RunConfiguration: Sendable {
     /// Names to show (and to name outputs after) for template paths, when the files on
     /// disk are named by content (the studio's uploads).
     public var displayNames: [String: String] = [:]
+    /// The caller holds the output folder's `StoreLock` for the run's whole length (the
+    /// studio holds its workspace's for its lifetime), so the run does not take it again.
+    public var outputsLockHeld = false
 
     /// Creates a configuration.
     public init(outputs: String, audio: String? = nil, videos: [String] = [], settings: SettingsOverrides = SettingsOverrides(),

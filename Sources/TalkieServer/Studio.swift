@@ -28,11 +28,16 @@ public actor Studio {
     private let jobs: AsyncStream<Job>
     private let jobQueue: AsyncStream<Job>.Continuation
     private let stopper = Mutex<AsyncStream<Void>.Continuation?>(nil)
+    /// The batch folder's lock, held for the studio's whole life: a second server or a
+    /// `talkie run` on the same workspace is refused, even while no batch runs.
+    private let outputsLock: StoreLock
 
-    /// Opens the workspace (creating it if needed) and loads its uploads and settings.
+    /// Opens the workspace (creating it if needed), takes its lock, and loads its uploads
+    /// and settings. Throws `StoreError.locked` when another talkie holds the workspace.
     public init(_ config: StudioConfiguration) throws {
         self.config = config
         try FileManager.default.createDirectory(atPath: config.outputs, withIntermediateDirectories: true)
+        outputsLock = try StoreLock(folder: config.outputs)
         library = try InputLibrary(folder: config.inputs)
         face2face = try Face2FaceRegistry(folder: config.workspace + "/face2face")
         let stored = (try? StateStore.read(folder: config.outputs))?.document.batch?.settings
@@ -64,6 +69,12 @@ public actor Studio {
         _ = stopper.withLock { $0?.yield() }
     }
 
+    /// Lets another studio or run take the workspace, once this one has shut down and its
+    /// jobs have ended (the lock also goes when the process ends, however it ends).
+    public nonisolated func releaseWorkspace() {
+        outputsLock.release()
+    }
+
     private func runBatch(retry: RetryRequest?) async {
         guard let audio = library.audioPath, !library.videoPaths.isEmpty else { return }
         var configuration = RunConfiguration(outputs: config.outputs, audio: audio, videos: library.videoPaths,
@@ -71,6 +82,7 @@ public actor Studio {
                                              itemTimeout: config.itemTimeout, retry: retry, engines: config.engines)
         configuration.displayNames = library.displayNames
         configuration.gpus = config.gpus
+        configuration.outputsLockHeld = true
         _ = await supervise(BatchRunner(configuration, version: "talkie studio"))
     }
 
@@ -176,8 +188,6 @@ public actor Studio {
     func skip(_ key: ItemKey) async throws -> Bool {
         if let runner, try await runner.skip(key) { return true }
         guard !running else { return false }
-        let lock = try StoreLock(folder: config.outputs)
-        defer { lock.release() }
         let store = try StateStore(folder: config.outputs, writtenBy: "talkie studio")
         defer { store.close() }
         var item: Item
@@ -198,8 +208,6 @@ public actor Studio {
     /// Clear history: forgets every item's state; outputs stay.
     func reset() throws -> Int {
         guard !running else { throw StudioError(409, "batch.running", "stop the batch before clearing its history") }
-        let lock = try StoreLock(folder: config.outputs)
-        defer { lock.release() }
         let store = try StateStore(folder: config.outputs, writtenBy: "talkie studio")
         defer { store.close() }
         let count = store.count

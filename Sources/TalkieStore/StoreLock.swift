@@ -1,17 +1,18 @@
 import Foundation
+import Synchronization
 
 /// One writer per output folder: an exclusive `flock` on `outputs/.talkie.lock`, holding the
 /// owner's pid so a second runner can say who is in the way. The kernel releases it when
 /// the process dies, however it dies.
-public final class StoreLock {
+public final class StoreLock: Sendable {
     /// The lock file.
     public let path: String
-    private var fd: Int32
+    private let descriptor: Mutex<Int32>
 
     /// Takes the lock of `folder`, or throws `StoreError.locked` naming the holder's pid.
     public init(folder: String) throws(StoreError) {
         path = (folder as NSString).appendingPathComponent(".talkie.lock")
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io("cannot create the lock file", path: path, errno: errno) }
         if flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let holder = (try? String(contentsOfFile: path, encoding: .utf8))
@@ -22,15 +23,18 @@ public final class StoreLock {
         let pid = "\(getpid())\n"
         ftruncate(fd, 0)
         _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
+        descriptor = Mutex(fd)
     }
 
     deinit { release() }
 
     /// Releases the lock (also released when the process exits).
     public func release() {
-        guard fd >= 0 else { return }
-        flock(fd, LOCK_UN)
-        Foundation.close(fd)
-        fd = -1
+        descriptor.withLock { fd in
+            guard fd >= 0 else { return }
+            flock(fd, LOCK_UN)
+            Foundation.close(fd)
+            fd = -1
+        }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HTTPTypes
 import HummingbirdTesting
+import TalkieStore
 import Testing
 @testable import TalkieServer
 
@@ -79,6 +80,8 @@ import Testing
                 #expect(settings?["engine"] as? String == "test" && settings?["tempo"] as? Double == 1.1)
             }
         }
+        #expect(throws: StoreError.self, "one studio per workspace") { try Studio(fixture.config) }
+        fixture.studio.releaseWorkspace()
         let reopened = try Studio(fixture.config)
         #expect(await reopened.state().settings.engine == "test", "settings survive a restart")
     }
