@@ -6,12 +6,13 @@ struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make sample inputs and render them: the quickest way to see Talkie work.",
         discussion: """
-        Makes template videos from the public-domain astronaut photo in scikit-image (slow
-        zoom and pan close-ups, a wide shot, and one with no face, which fails as it should)
-        and narration in English and Mandarin with espeak-ng, then renders the batch with
-        the built-in engine into WORKSPACE/outputs, a contact sheet beside each video.
-        Run it again: nothing renders twice. Try --language zh afterwards: the same
-        templates with new audio skip face analysis (face-track cache).
+        Makes template videos from the public-domain astronaut photo in scikit-image
+        (slow zoom and pan close-ups, a wide shot, and one with no face, which fails
+        as it should) and narration in English and Mandarin with espeak-ng, then
+        renders the batch with the built-in engine into WORKSPACE/outputs, a contact
+        sheet beside each video. Run it again: nothing renders twice. Try --language
+        zh afterwards: the same templates with new audio skip face analysis
+        (face-track cache).
         """)
 
     @Option(name: .long, help: ArgumentHelp("Where the sample inputs and outputs go.", valueName: "folder"))

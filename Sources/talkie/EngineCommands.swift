@@ -8,10 +8,10 @@ struct Engines: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the engines, whether each is installed here, and what each needs.",
         discussion: """
-        Choose one with `talkie run --engine NAME --param name=value ...`; check that it
-        starts with `talkie doctor --engine NAME --param ...`. Any program that speaks the
-        worker protocol (docs/engine-protocol.md) can be an engine; the `command` engine
-        runs a plain command line without one.
+        Choose one with `talkie run --engine NAME --param name=value ...`; check
+        that it starts with `talkie doctor --engine NAME --param ...`. Any program
+        that speaks the worker protocol (docs/engine-protocol.md) can be an engine;
+        the `command` engine runs a plain command line without one.
         """)
 
     @Flag(name: .long, help: "Print JSON (for scripts).")
@@ -47,12 +47,13 @@ struct Doctor: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check that everything Talkie needs is installed; say what is missing and how to fix it.",
         discussion: """
-        Checks ffmpeg, espeak-ng, the engine Python environment and the GPUs, then starts the
-        chosen engine the way a run would (with its model, service or command line) and
-        waits for its handshake. Examples:
+        Checks ffmpeg, espeak-ng, the engine Python environment and the GPUs, then
+        starts the chosen engine the way a run would (with its model, service or
+        command line) and waits for its handshake. Examples:
           talkie doctor
           talkie doctor --engine wav2lip --param model=/models/wav2lip_gan_96.onnx
-          talkie doctor --engine face2face --param url=http://127.0.0.1:8383 --param share=/srv/heygem
+          talkie doctor --engine face2face --param url=http://127.0.0.1:8383 \\
+                        --param share=/srv/heygem
         """)
 
     @Option(name: .long, help: ArgumentHelp("The engine to check (see `talkie engines`).", valueName: "name"))

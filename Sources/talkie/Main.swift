@@ -39,22 +39,24 @@ struct Talkie: AsyncParsableCommand {
         commandName: "talkie",
         abstract: "Batch lip-sync: one narration, many template videos, one lip-synced video per template.",
         discussion: """
-        Every item is a small state machine kept in OUT/task_status.json. Kill the run, pull
-        the power, press Ctrl-C: run the same command again and only the rest renders.
+        Every item is a small state machine kept in OUT/task_status.json. Kill the
+        run, pull the power, press Ctrl-C: run the same command again and only the
+        rest renders.
 
         Examples:
           talkie run --audio narration.wav --videos templates/ --out outputs/
-          talkie run --out outputs/ --engine wav2lip --param model=wav2lip_gan_96.onnx --gpus 0,1
+          talkie run --out outputs/ --engine wav2lip --param model=w2l.onnx --gpus 0,1
           talkie status --out outputs/
           talkie retry --out outputs/ --failed
-          talkie run --out outputs/ --tempo 1.1 && talkie retry --out outputs/ --all-with-other-settings
+          talkie run --out outputs/ --tempo 1.1     (new settings: successes stay)
+          talkie retry --out outputs/ --all-with-other-settings
           talkie reset --out outputs/ --yes
           talkie demo        (sample inputs, rendered)
           talkie engines     (what can render, and what each needs)
           talkie doctor      (what is missing, and the fix)
 
-        Exit codes: 0 all done, 1 some items failed, 2 bad arguments or unusable workspace,
-        3 interrupted (run the same command again to continue).
+        Exit codes: 0 all done, 1 some items failed, 2 bad arguments or unusable
+        workspace, 3 interrupted (run the same command again to continue).
         """,
         version: version,
         subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Engines.self, Doctor.self]

@@ -7,11 +7,12 @@ struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Render every template with the narration; resume where a previous run stopped.",
         discussion: """
-        Finished items are never rendered again: identity is the content of the files, so a
-        renamed or moved template is recognised. New templates in the folder are appended.
-        Ctrl-C (or SIGTERM) stops now: the current item returns to pending. SIGUSR1 pauses:
-        the current item finishes, then the run ends. Run again to continue.
-        Without --audio/--videos the batch recorded in --out is continued.
+        Finished items are never rendered again: identity is the content of the
+        files, so a renamed or moved template is recognised. New templates in the
+        folder are appended. Ctrl-C (or SIGTERM) stops now: the current item returns
+        to pending. SIGUSR1 pauses: the current item finishes, then the run ends.
+        Run again to continue. Without --audio/--videos the batch recorded in --out
+        is continued.
         """)
 
     @Option(name: .long, help: ArgumentHelp("The narration (wav, mp3, m4a, ...).", valueName: "file"))

@@ -9,11 +9,12 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the studio: the web page and HTTP API for the whole batch workflow, with live progress.",
         discussion: """
-        Open the printed address in a browser. The workspace keeps the uploads (inputs/) and
-        the batch (outputs/); stop the server (Ctrl-C or SIGTERM: the current item returns to
-        pending) and start it again: the page shows the same batch and resumes.
-        Binding an address other than loopback requires a token: one is generated and
-        printed unless --token is given. API: docs/studio-api.md.
+        Open the printed address in a browser. The workspace keeps the uploads
+        (inputs/) and the batch (outputs/); stop the server (Ctrl-C or SIGTERM: the
+        current item returns to pending) and start it again: the page shows the same
+        batch and resumes. Binding an address other than loopback requires a token:
+        one is generated and printed unless --token is given. API:
+        docs/studio-api.md.
         """)
 
     @Option(name: .long, help: ArgumentHelp("The studio's folder (inputs/, outputs/).", valueName: "folder"))
