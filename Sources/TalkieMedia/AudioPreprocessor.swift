@@ -30,7 +30,11 @@ public enum AudioPreprocessor {
         arguments += ["-ar", String(sampleRate ?? 48_000)]
         if let channels { arguments += ["-ac", String(channels)] }
         arguments += ["-c:a", "pcm_s16le", Tool.fileArgument(temp)]
-        let result = try await Tool.run("ffmpeg", arguments)
+        let result: Tool.Result
+        do { result = try await Tool.run("ffmpeg", arguments) } catch {
+            try? FileManager.default.removeItem(atPath: temp)  // stopped: no half-made file stays behind
+            throw error
+        }
         guard result.exitCode == 0 else {
             try? FileManager.default.removeItem(atPath: temp)
             throw MediaError(code: "media.audio_preprocessing",

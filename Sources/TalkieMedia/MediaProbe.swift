@@ -42,6 +42,10 @@ public struct MediaInfo: Sendable, Equatable {
 public enum MediaProbe {
     /// Probes the file at `path`.
     public static func probe(_ path: String) async throws(MediaError) -> MediaInfo {
+        var status = stat()
+        if stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_size == 0 {
+            throw MediaError(code: "media.empty", message: "\(path) is empty (0 bytes): its copy or download did not finish; copy it again")
+        }
         let result = try await Tool.run("ffprobe", ["-v", "error", "-print_format", "json", "-show_format",
                                                     "-show_streams", "-i", Tool.fileArgument(path)])
         guard result.exitCode == 0, let data = result.output.data(using: .utf8),
@@ -102,6 +106,18 @@ public enum MediaProbe {
         }
         let size = video.displaySize
         return MediaSummary(duration: info.duration, width: size.width, height: size.height, fps: video.fps)
+    }
+
+    /// Decodes the first video frame. An MP4 cut short after its index (a download that
+    /// stopped) passes ffprobe, promising frames whose data is not there; this catches it
+    /// before any engine time is spent.
+    public static func checkFirstFrame(_ path: String) async throws(MediaError) {
+        let result = try await Tool.run("ffmpeg", ["-nostdin", "-v", "error", "-i", Tool.fileArgument(path),
+                                                   "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"])
+        guard result.exitCode == 0 else {
+            let name = (path as NSString).lastPathComponent
+            throw MediaError(code: "media.undecodable", message: "\(name) is damaged or incomplete: not even its first frame can be decoded (a copy or download cut short?); copy it again")
+        }
     }
 
     /// Checks the narration; returns its duration in seconds.

@@ -98,6 +98,10 @@ public actor BatchRunner {
         guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
         let engineCommand = try config.engines.command(for: settings.engine, params: settings.engineParams)
         audioPath = URL(fileURLWithPath: audio).standardizedFileURL.path
+        var audioIsFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: audioPath, isDirectory: &audioIsFolder), audioIsFolder.boolValue {
+            throw RunSetupError(code: "input.not_a_file", message: "the narration \(audio) is a folder; --audio needs one audio file (wav, mp3, m4a, ...)")
+        }
         guard FileManager.default.isReadableFile(atPath: audioPath) else {
             throw RunSetupError(code: "input.missing", message: "the narration \(audio) does not exist or cannot be read")
         }
@@ -110,7 +114,7 @@ public actor BatchRunner {
         var inputs: [Reconciler.Input] = []
         for video in scan.paths {
             do { inputs.append(.init(path: video, hash: try cache.hash(path: video))) } catch {
-                emit(.warning("\(video) skipped: \(error.message)"))
+                emit(.warning("a template was skipped: \(error.message)"))
             }
         }
 
@@ -146,6 +150,11 @@ public actor BatchRunner {
         if !queue.isEmpty {
             do {
                 audioDuration = try await narrationDuration(audio)
+                if audioDuration > 3600 {
+                    emit(.warning("the narration is \(Self.clock(audioDuration)) long: every template becomes a video that long, "
+                                  + "which can take many hours per item (each may run up to \(Self.clock(config.timeout(forDuration: audioDuration)))); "
+                                  + "stop now (Ctrl-C) and cut the narration if that is not what you meant"))
+                }
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for gpu in config.workerDevices {
                         group.addTask { try await self.runSlot(engineCommand, gpu: gpu, audioHash: audioHash) }
@@ -161,6 +170,12 @@ public actor BatchRunner {
         let summary = summarize(interrupted: interrupted || pauseRequested && !queue.isEmpty)
         emit(.batchFinished(summary))
         return summary
+    }
+
+    /// Seconds as H:MM:SS.
+    static func clock(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded())
+        return String(format: "%d:%02d:%02d", total / 3600, total % 3600 / 60, total % 60)
     }
 
     /// The narration's duration, or a setup error saying why it is unusable. A stop that
@@ -249,7 +264,9 @@ public actor BatchRunner {
         }
         if item.media == nil {
             do {
-                item.media = try MediaProbe.validateTemplate(try await MediaProbe.probe(video), path: video)
+                let summary = try MediaProbe.validateTemplate(try await MediaProbe.probe(video), path: video)
+                try await MediaProbe.checkFirstFrame(video)
+                item.media = summary
             } catch {
                 try Task.checkCancellation()
                 // ffprobe that could not even start (a busy machine) is not the template's fault.
@@ -476,6 +493,10 @@ public actor BatchRunner {
     private func sweepTemporaryFiles() {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: path(".talkie/tmp"))) ?? [] {
             unlink(path(".talkie/tmp/" + name))
+        }
+        // narrations a killed run was preparing
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: path(".talkie/audio"))) ?? [] where name.contains(".tmp-") {
+            unlink(path(".talkie/audio/" + name))
         }
     }
 

@@ -54,11 +54,14 @@ public enum InputScanner {
                     continue
                 }
                 guard videoExtensions.contains(url.pathExtension.lowercased()) else { continue }
-                guard (try? url.resourceValues(forKeys: [.isRegularFileKey]).isRegularFile) == true else {
-                    if fileManager.fileExists(atPath: path) { continue }
-                    warnings.append("\(path) is a broken link or vanished; skipped")
+                // stat, not the enumerator's lstat: a link to a video is a video
+                var status = stat()
+                guard stat(path, &status) == 0 else {
+                    let reason = errno == ELOOP ? "a link loop" : errno == ENOENT ? "a broken link or vanished" : String(cString: strerror(errno))
+                    warnings.append("\(path) is \(reason); skipped")
                     continue
                 }
+                guard status.st_mode & S_IFMT == S_IFREG else { continue }  // a folder named *.mp4 is searched instead
                 paths.append(path)
             }
         }

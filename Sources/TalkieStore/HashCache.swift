@@ -69,7 +69,7 @@ public final class HashCache {
         let hash = try FileHasher.xxh3(path: file)
         let after = try FileIdentity.of(path: file)
         guard after == before else {
-            throw .io("the file changed while it was being read; wait until it is complete", path: file, errno: EAGAIN)
+            throw .changedWhileReading(path: file)
         }
         misses += 1
         entries[before] = Entry(file: before, hash: hash, md5: nil, path: file)

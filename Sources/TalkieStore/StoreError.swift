@@ -13,6 +13,8 @@ public enum StoreError: TalkieError, Equatable {
     case futureSchema(path: String, found: Int, supported: Int)
     /// A previous sync failure poisoned this store; nothing more is written.
     case poisoned
+    /// An input changed while it was being read (still being copied or written).
+    case changedWhileReading(path: String)
     /// A fault injected by a test, standing in for a crash at that point.
     case injectedFault(String)
 
@@ -23,6 +25,7 @@ public enum StoreError: TalkieError, Equatable {
         case .locked: "store.locked"
         case .futureSchema: "store.future_schema"
         case .poisoned: "store.poisoned"
+        case .changedWhileReading: "input.changing"
         case .injectedFault: "store.injected_fault"
         }
     }
@@ -39,6 +42,8 @@ public enum StoreError: TalkieError, Equatable {
             "\(path) was written by a newer Talkie (schema \(found), this one reads up to \(supported)); upgrade Talkie, or move the file away to start a new batch"
         case .poisoned:
             "the state store stopped after an earlier write error; run the command again"
+        case .changedWhileReading(let path):
+            "\(path) changed while it was being read (is it still being copied or written?); wait until it is complete, then run again"
         case .injectedFault(let what):
             "injected fault at \(what)"
         }

@@ -83,7 +83,7 @@ final class EventPrinter: @unchecked Sendable {
         case .batchFinished(let summary):
             current = nil
             var text = "finished: \(summary.succeeded)/\(summary.total) done, \(summary.failed) failed, \(summary.pending) pending; rendered \(summary.renderedThisRun) this run."
-            if summary.interrupted { text += ". Interrupted: run the same command again to continue." }
+            if summary.interrupted { text += " Interrupted: run the same command again to continue." }
             if summary.failed > 0 { text += " See `talkie status --out \(outputs)`; retry with `talkie retry --out \(outputs) --failed`." }
             text += " Keep a backup of \(outputs)/task_status.json."
             line(text)

@@ -267,15 +267,24 @@ import TalkieCore
         try await sh("ffmpeg -nostdin -v error -f lavfi -i testsrc=size=64x64 -frames:v 1 -f image2 -c:v png '\(t)/image.mp4'")
         try await sh("ffmpeg -nostdin -v error -i '\(workspace.narration)' -c:a aac '\(t)/audio-only.mp4'")
         try await sh("head -c 3000 '\(t)/good.mp4' > '\(t)/truncated.mp4'")
+        // A download cut just after a front index: ffprobe believes it, no frame decodes.
+        try await sh("ffmpeg -nostdin -v error -f lavfi -i testsrc2=size=96x96:rate=25:duration=1 -c:v libx264 -movflags +faststart '\(workspace.root)/faststart.mp4'")
+        try await sh("python3 -c \"import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'wb').write(d[:d.find(b'mdat') + 64])\" '\(workspace.root)/faststart.mp4' '\(t)/index-only.mp4'")
+        // A link to a template elsewhere is a template.
+        try await workspace.addTemplate(2, as: "../elsewhere.mp4")
+        try await sh("ln -s '\(workspace.root)/elsewhere.mp4' '\(t)/linked.mp4'")
         let result = try await workspace.run()
         #expect(result.code == 1, "\(result.all)")
         #expect(try await workspace.item("good.mp4")?.state.status == .success)
-        for name in ["empty.mp4", "text.mp4", "image.mp4", "audio-only.mp4", "truncated.mp4"] {
+        #expect(try await workspace.item("linked.mp4")?.state.status == .success, "\(result.all)")
+        for name in ["empty.mp4", "text.mp4", "image.mp4", "audio-only.mp4", "truncated.mp4", "index-only.mp4"] {
             let item = try #require(try await workspace.item(name), "\(name)")
             #expect(item.state.status == .failed && item.state.lastError?.kind == .input, "\(name)")
             #expect(item.state.lastError?.message.contains(name) == true, "\(name): \(item.state.lastError?.message ?? "")")
         }
-        #expect(workspace.renders().count == 1, "no engine time is spent on unusable templates")
+        #expect(try await workspace.item("empty.mp4")?.state.lastError?.message.contains("is empty (0 bytes)") == true)
+        #expect(try await workspace.item("index-only.mp4")?.state.lastError?.message.contains("damaged or incomplete") == true)
+        #expect(workspace.renders().count == 2, "no engine time is spent on unusable templates")
     }
 
     @Test func badArgumentsAndWorkspacesExitWith2() async throws {
@@ -283,6 +292,7 @@ import TalkieCore
         try await workspace.addTemplate(1, as: "t1.mp4")
         try FileManager.default.createDirectory(atPath: workspace.root + "/empty", withIntermediateDirectories: true)
         try Data("not audio".utf8).write(to: URL(fileURLWithPath: workspace.root + "/notes.wav"))
+        try Data().write(to: URL(fileURLWithPath: workspace.root + "/zero.wav"))
         let cases: [([String], String)] = [
             (["run", "--audio", workspace.narration, "--videos", workspace.root + "/missing", "--out", workspace.outputs], "does not exist"),
             (["run", "--audio", workspace.narration, "--videos", workspace.root + "/empty", "--out", workspace.outputs], "no template videos"),
@@ -293,6 +303,8 @@ import TalkieCore
             (["run", "--audio", workspace.narration, "--videos", workspace.templates, "--out", workspace.outputs, "--engine", "nonesuch"], "unknown engine"),
             (["retry", "--out", workspace.outputs], "--failed"),
             (["status", "--out", workspace.root + "/missing"], "does not exist"),
+            (["run", "--audio", workspace.templates, "--videos", workspace.templates, "--out", workspace.outputs, "--engine", "test"], "is a folder"),
+            (["run", "--audio", workspace.root + "/zero.wav", "--videos", workspace.templates, "--out", workspace.outputs, "--engine", "test"], "is empty (0 bytes)"),
         ]
         for (arguments, message) in cases {
             let result = try await workspace.talkie(arguments)
