@@ -3,18 +3,18 @@ import TalkieCore
 
 /// The run log `outputs/talkie.log`: every event, one JSON line each with a timestamp.
 /// Not synced: it is a record for people, the state lives in the store.
-final class RunLog {
+public final class RunLog {
     private let handle: FileHandle?
 
-    init(path: String) {
-        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
-        handle = FileHandle(forWritingAtPath: path)
-        _ = try? handle?.seekToEnd()
+    /// Opens the log for appending, creating it. A `talkie.log` that is a symbolic link is
+    /// not followed (nothing is logged): the log must never write outside the workspace.
+    public init(path: String) {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        handle = fd >= 0 ? FileHandle(fileDescriptor: fd, closeOnDealloc: true) : nil
     }
 
-    deinit { try? handle?.close() }
-
-    func write(_ event: TimedEvent) {
+    /// Appends one event.
+    public func write(_ event: TimedEvent) {
         try? handle?.write(contentsOf: Data((event.jsonLine + "\n").utf8))
     }
 }

@@ -23,7 +23,7 @@ public func buildApplication(_ config: StudioConfiguration, studio: Studio,
     let router = buildRouter(config, studio: studio)
     return Application(
         router: router,
-        server: .http1WebSocketUpgrade(webSocketRouter: router),
+        server: StudioChannel.builder(webSocketRouter: router),
         configuration: .init(address: .hostname(config.host, port: config.port), serverName: "Talkie"),
         services: [StudioService(studio: studio)],
         onServerRunning: onServerRunning)
@@ -184,8 +184,16 @@ private func mediaType(_ path: String, default fallback: String) -> String {
 
 /// The last `lines` lines of a text file, reading only its end.
 func tail(_ path: String, lines: Int) -> [String] {
-    guard let handle = FileHandle(forReadingAtPath: path) else { return [] }
-    defer { try? handle.close() }
+    // Not through a symbolic link (it could point outside the workspace), and only a
+    // regular file (a FIFO would block the request for good).
+    let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+    guard fd >= 0 else { return [] }
+    var info = stat()
+    guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+        close(fd)
+        return []
+    }
+    let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
     let size = (try? handle.seekToEnd()) ?? 0
     var window: UInt64 = 64 << 10
     while true {

@@ -149,10 +149,7 @@ public actor Studio {
     }
 
     private func appendToRunLog(_ event: TimedEvent) {
-        guard let handle = FileHandle(forWritingAtPath: config.outputs + "/talkie.log") else { return }
-        defer { try? handle.close() }
-        _ = try? handle.seekToEnd()
-        try? handle.write(contentsOf: Data((event.jsonLine + "\n").utf8))
+        RunLog(path: config.outputs + "/talkie.log").write(event)
     }
 
     /// Sends every page the current state.

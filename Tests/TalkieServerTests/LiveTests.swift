@@ -133,4 +133,27 @@ final class Shared<Value: Sendable>: Sendable {
             #expect(opened.withLock { $0 })
         }
     }
+
+    @Test func malformedRequestsAreAnsweredAndClosed() async throws {
+        // Before StudioChannel, such a connection stayed open, unanswered, for good.
+        let fixture = try StudioFixture()
+        let app = buildApplication(fixture.config, studio: fixture.studio)
+        try await app.test(.live) { client in
+            let port = try #require(client.port)
+            let script = """
+            import socket, sys
+            requests = [b"POST /api/inputs/videos?name=a.mp4 HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nContent-Length: -3\\r\\n\\r\\n",
+                        b"GARBAGE\\r\\n\\r\\n", b"GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nno colon here\\r\\n\\r\\n"]
+            for request in requests:
+                connection = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+                connection.sendall(request)
+                answer = b""
+                while chunk := connection.recv(4096):
+                    answer += chunk
+                print(answer.split(b"\\r\\n")[0].decode())
+            """
+            let result = try await Tool.run("python3", ["-c", script, String(port)])
+            #expect(result.output.split(separator: "\n") == Array(repeating: "HTTP/1.1 400 Bad Request", count: 3), "\(result.output)\(result.error)")
+        }
+    }
 }

@@ -2,6 +2,8 @@ import Foundation
 import Hummingbird
 import HTTPTypes
 import HummingbirdTesting
+import TalkieCore
+import TalkieRunner
 import TalkieStore
 import Testing
 @testable import TalkieServer
@@ -165,5 +167,20 @@ import Testing
                 #expect(json(response.body)["code"] as? Int == 10004)
             }
         }
+    }
+
+    @Test func aSymlinkedRunLogIsNeitherReadNorWritten() async throws {
+        let fixture = try StudioFixture()
+        let secret = fixture.folder + "/secret.txt"
+        try "SECRET\n".write(toFile: secret, atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: fixture.config.outputs + "/talkie.log", withDestinationPath: secret)
+        try await fixture.routerApp.test(.router) { client in
+            try await client.execute(uri: "/api/log", method: .get) { response in
+                #expect(response.status == .ok)
+                #expect(!String(buffer: response.body).contains("SECRET"))
+            }
+        }
+        RunLog(path: fixture.config.outputs + "/talkie.log").write(TimedEvent(time: Date(), event: .warning("into the link?")))
+        #expect(try String(contentsOfFile: secret, encoding: .utf8) == "SECRET\n")
     }
 }

@@ -1,0 +1,64 @@
+import Hummingbird
+import HummingbirdCore
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Hummingbird's HTTP/1 channel with the WebSocket upgrade, plus an answer to requests
+/// the HTTP parser rejects (a negative Content-Length, a header without a colon, ...).
+///
+/// The upgrade channel turns NIO's protocol error handling off and its upgrade handler
+/// never sees the parser's error, so such a connection was neither answered nor closed:
+/// a few thousand of them, from anyone who can reach the port and before any token check,
+/// would use up the server's file descriptors.
+struct StudioChannel: ServerChildChannel {
+    let inner: HTTP1WebSocketUpgradeChannel
+
+    /// The server builder for `Application(server:)`.
+    static func builder<Router: HTTPResponderBuilder & _HB_SendableMetatype>(webSocketRouter: Router) -> HTTPServerBuilder
+    where Router.Responder.Context: WebSocketRequestContext {
+        let webSocketResponder = webSocketRouter.buildResponder()
+        return HTTPServerBuilder { responder in
+            StudioChannel(inner: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder,
+                                                              configuration: .init()))
+        }
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<HTTP1WebSocketUpgradeChannel.Value> {
+        inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            try channel.pipeline.syncOperations.addHandler(MalformedRequestHandler())
+            return value
+        }
+    }
+
+    func handle(value: HTTP1WebSocketUpgradeChannel.Value, logger: Logger) async {
+        await inner.handle(value: value, logger: logger)
+    }
+}
+
+/// Last in the pipeline at first: answers a request the parser rejects with 400 and closes
+/// the connection. Once a request has gone through (the upgrade negotiation is over and
+/// Hummingbird's handlers follow this one), a parser error only closes the connection, as
+/// a response may already be on its way.
+final class MalformedRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundOut = HTTPServerResponsePart
+    private var requestSeen = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        requestSeen = true
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard error is HTTPParserError else { return context.fireErrorCaught(error) }
+        guard !requestSeen else { return context.close(promise: nil) }
+        var headers = HTTPHeaders()
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Content-Length", value: "0")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
+    }
+}
