@@ -39,8 +39,10 @@ public enum OutputFinisher {
             "-f", "mp4", Tool.fileArgument(destination),
         ])
         guard result.exitCode == 0 else {
-            throw MediaError(code: "media.output_invalid",
-                             message: "the engine's output could not be read: \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
+            // ffmpeg's last line, without the temp path it starts with: one sentence for a person.
+            let last = result.error.split(whereSeparator: \.isNewline).last.map(String.init) ?? "ffmpeg failed"
+            let reason = last.replacingOccurrences(of: Tool.fileArgument(engineOutput) + ": ", with: "")
+            throw MediaError(code: "media.output_invalid", message: "the engine's output could not be read (\(reason))")
         }
     }
 

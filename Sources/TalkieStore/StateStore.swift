@@ -324,7 +324,16 @@ public final class StateStore {
         var damaged = false
         while start < data.endIndex {
             guard let newline = data[start...].firstIndex(of: 0x0a) else {
-                report.notes.append("\(name) ends with a torn write (\(data.endIndex - start) bytes); it was never acknowledged and is dropped")
+                let tail = data[start...]
+                // A torn append is the start of one record; zeros or garbage may hide
+                // acknowledged records, so the outputs are consulted.
+                if tail.first == UInt8(ascii: "{"), !tail.contains(0) {
+                    report.notes.append("\(name) ends with a torn write (\(tail.count) bytes); it was never acknowledged and is dropped")
+                } else {
+                    report.notes.append("\(name) ends with \(tail.count) bytes that are not a journal record; changes in them are recovered from the outputs")
+                    report.needsRebuild = true
+                    damaged = true
+                }
                 break
             }
             let line = data[start..<newline]

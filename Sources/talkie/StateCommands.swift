@@ -25,14 +25,18 @@ struct Status: AsyncParsableCommand {
             FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
             throw ExitCode(ExitStatus.badInput)
         }
+        let notes = Self.notes(state.report, folder: folder, out: out)
         if json {
+            // stdout stays the document; what recovery noticed goes to stderr, so damage
+            // never reads as a smaller batch.
+            for note in notes { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601
             FileHandle.standardOutput.write(try encoder.encode(state.document) + Data("\n".utf8))
             return
         }
-        for note in state.report.notes { print("note: \(note)") }
+        for note in notes { print("note: \(note)") }
         let items = state.document.items
         if items.isEmpty {
             print(state.report.source == .legacy ? "an older tool's state is here; `talkie run` imports it" : "no items in \(out) yet")
@@ -55,6 +59,18 @@ struct Status: AsyncParsableCommand {
         for item in items { counts[item.state.status, default: 0] += 1 }
         print("\(items.count) items: " + ItemStatus.allCases.map { "\(counts[$0] ?? 0) \($0.rawValue)" }.joined(separator: ", ")
               + "; generation \(state.document.generation)")
+    }
+
+    /// What recovery noticed, plus what the next run will do about missing items.
+    static func notes(_ report: RecoveryReport, folder: String, out: String) -> [String] {
+        var notes = report.notes
+        let videos = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).filter { $0.hasSuffix(".mp4") }
+        if report.needsRebuild {
+            notes.append("items finished before the damage may be missing here; the next `talkie run --out \(out)` recovers them from the metadata of the videos in \(out)")
+        } else if report.source == .fresh, !videos.isEmpty {
+            notes.append("there is no state file in \(out) but \(videos.count) videos; `talkie run --out \(out) --audio FILE --videos FOLDER` recovers the finished ones from their metadata")
+        }
+        return notes
     }
 
     private func pad(_ text: String, _ width: Int) -> String {

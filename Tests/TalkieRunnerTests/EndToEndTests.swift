@@ -239,6 +239,30 @@ import TalkieCore
         #expect(future.error.contains("newer Talkie"))
     }
 
+    @Test func statusJSONSaysWhenTheStateIsDamaged() async throws {
+        let workspace = try await Workspace()
+        for n in 1...2 { try await workspace.addTemplate(n, as: "t\(n).mp4") }
+        #expect(try await workspace.run().code == 0)
+        #expect(try await workspace.run().code == 0)  // a second run leaves a .bak
+        try Data().write(to: URL(fileURLWithPath: workspace.outputs + "/task_status.json"))
+        try FileManager.default.removeItem(atPath: workspace.outputs + "/task_status.json.bak")
+        let status = try await workspace.talkie(["status", "--out", workspace.outputs, "--json"])
+        #expect(status.code == 0)
+        #expect(status.error.contains("recovers them from the metadata"), "never a silently empty batch: \(status.error)")
+        let recovered = try await workspace.run()
+        #expect(recovered.code == 0 && workspace.renders().count == 2, "\(recovered.all)")
+    }
+
+    @Test func aHalfWrittenOutputFailsWithOnePlainLine() async throws {
+        let workspace = try await Workspace()
+        try await workspace.addTemplate(1, as: "x-half-output.mp4")
+        let result = try await workspace.run(["--max-attempts", "1"])
+        #expect(result.code == 1)
+        let message = try #require(try await workspace.item("x-half-output.mp4")?.state.lastError?.message)
+        #expect(message.hasPrefix("the engine's output was rejected: the engine's output could not be read ("), "\(message)")
+        #expect(!message.contains("\n") && !message.contains(".talkie/tmp") && !message.contains(" @ 0x"), "\(message)")
+    }
+
     @Test func theSeedsStateFileIsImported() async throws {
         let workspace = try await Workspace()
         try await workspace.addTemplate(1, as: "a.mp4")

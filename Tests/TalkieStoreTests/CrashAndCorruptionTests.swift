@@ -117,6 +117,29 @@ import TalkieCore
         store.close()
     }
 
+    @Test func aJournalOfZerosIsDamageNotATornWrite() throws {
+        // Item 3 lives only in the journal; zeros in its place must not read as a torn
+        // append that was never acknowledged.
+        for tail in [Data(count: 300), Data("not a record".utf8)] {
+            let folder = try populatedFolder()
+            let journal = folder.file("task_status.journal")
+            let size = try Data(contentsOf: URL(fileURLWithPath: journal)).count
+            try (tail.count >= size ? tail : tail + Data(count: size - tail.count)).write(to: URL(fileURLWithPath: journal))
+            let store = try StateStore(folder: folder.path)
+            #expect(store.recovery.needsRebuild, "\(store.recovery.notes)")
+            #expect(store.recovery.notes.contains { $0.contains("not a journal record") })
+            store.close()
+        }
+        let torn = try populatedFolder()
+        let handle = try #require(FileHandle(forWritingAtPath: torn.file("task_status.journal")))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data("{\"seq\": 9, \"ite".utf8))
+        try handle.close()
+        let store = try StateStore(folder: torn.path)
+        #expect(!store.recovery.needsRebuild && store.count == 3, "a real torn append is dropped quietly")
+        store.close()
+    }
+
     @Test func everythingGoneButAStateWasThereAsksForARebuild() throws {
         let folder = try populatedFolder()
         for name in ["task_status.json", "task_status.json.bak"] { try damageSnapshot(folder, with: Data()) ; _ = name }
