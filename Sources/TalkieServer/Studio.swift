@@ -280,7 +280,9 @@ public actor Studio {
             for entry in entries {
                 let key = ItemKey(video: entry.key, audio: audioKey)
                 let item = byKey[key]
-                let status = item?.state.status ?? .pending
+                var status = item?.state.status ?? .pending
+                // A killed run leaves its item stored as running; with no run, it waits for the next.
+                if status == .running && !running { status = .pending }
                 let output = item?.state.status == .success ? item?.state.output : nil
                 rows.append(.init(
                     key: key.id, names: entry.names, status: status.rawValue, attempts: item?.state.attempts ?? 0,

@@ -26,6 +26,17 @@ public final class StoreLock: Sendable {
         descriptor = Mutex(fd)
     }
 
+    /// Whether a live process holds the lock of `folder`, found without taking it for
+    /// writing or changing the lock file (for readers such as `talkie status`).
+    public static func isHeld(folder: String) -> Bool {
+        let fd = open((folder as NSString).appendingPathComponent(".talkie.lock"), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { Foundation.close(fd) }
+        guard flock(fd, LOCK_SH | LOCK_NB) == 0 else { return true }
+        flock(fd, LOCK_UN)
+        return false
+    }
+
     deinit { release() }
 
     /// Releases the lock (also released when the process exits).

@@ -43,6 +43,9 @@ struct Status: AsyncParsableCommand {
             return
         }
         let current = state.document.batch?.settings.fingerprint
+        // Items stored as running while no run holds the folder were cut short (a kill or
+        // a power cut): the next run takes them again, with the attempt counted.
+        let interrupted = !StoreLock.isHeld(folder: folder)
         print(pad("ITEM", 28) + pad("STATUS", 9) + pad("TRIES", 6) + pad("SCORE", 6) + pad("ON", 10) + "OUTPUT / ERROR")
         for item in items {
             var detail = item.state.output ?? ""
@@ -52,12 +55,15 @@ struct Status: AsyncParsableCommand {
             if item.state.status != .success, let error = item.state.lastError { detail = "\(error.kind.rawValue): \(error.message)" }
             let names = item.names.map { ($0 as NSString).lastPathComponent }
             let name = names.first.map { names.count > 1 ? "\($0) (+\(names.count - 1))" : $0 } ?? item.key.short
-            print(pad(name, 28) + pad(item.state.status.rawValue, 9) + pad(String(item.state.attempts), 6)
+            let shown = item.state.status == .running && interrupted ? "stopped" : item.state.status.rawValue
+            print(pad(name, 28) + pad(shown, 9) + pad(String(item.state.attempts), 6)
                   + pad(item.score.map { String(format: "%.2f", $0) } ?? "-", 6) + pad(item.device ?? "-", 10) + detail)
         }
         var counts: [ItemStatus: Int] = [:]
         for item in items { counts[item.state.status, default: 0] += 1 }
-        print("\(items.count) items: " + ItemStatus.allCases.map { "\(counts[$0] ?? 0) \($0.rawValue)" }.joined(separator: ", ")
+        print("\(items.count) items: " + ItemStatus.allCases.map { status in
+            "\(counts[status] ?? 0) \(status == .running && interrupted ? "stopped (the next run takes them again)" : status.rawValue)"
+        }.joined(separator: ", ")
               + "; generation \(state.document.generation)")
     }
 

@@ -65,6 +65,11 @@ import TalkieCore
         for item in done {
             #expect(FileManager.default.fileExists(atPath: workspace.outputs + "/" + (item.state.output ?? "-")))
         }
+        if afterKill.items.contains(where: { $0.state.status == .running }) {
+            // Nothing runs any more: the item the kill cut short is shown as stopped.
+            let text = try await workspace.talkie(["status", "--out", workspace.outputs])
+            #expect(text.output.contains("stopped") && !text.output.contains(" running "), "\(text.output)")
+        }
         let resumed = try await workspace.run()
         #expect(resumed.code == 0, "\(resumed.all)")
         let final = try await workspace.status()
