@@ -21,8 +21,13 @@ public enum AudioPreprocessor {
     public static func prepare(audio: String, settings: RenderSettings, sampleRate: Int?, channels: Int?,
                                output: String) async throws(MediaError) -> Double {
         if FileManager.default.fileExists(atPath: output) {
-            let info = try await MediaProbe.probe(output)
-            if info.hasAudio, let duration = info.audioDuration, duration > 0 { return duration }
+            // A cached file that does not probe as audio (a power cut can leave the name
+            // without its data) is made again, never a reason to stop the run.
+            if let info = try? await MediaProbe.probe(output), info.hasAudio, let duration = info.audioDuration,
+               duration > 0 {
+                return duration
+            }
+            unlink(output)
         }
         let temp = output + ".tmp-\(UUID().uuidString.prefix(8)).wav"  // unique: two slots may prepare at once
         var arguments = ["-nostdin", "-v", "error", "-y", "-i", Tool.fileArgument(audio), "-vn",
@@ -40,8 +45,23 @@ public enum AudioPreprocessor {
             throw MediaError(code: "media.audio_preprocessing",
                              message: "cannot preprocess \(audio): \(result.error.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
+        // Durable before it gets its final name: a power cut must never leave the name
+        // without the data (ffmpeg does not fsync).
+        let fd = open(temp, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0, fsync(fd) == 0 else {
+            let error = String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            try? FileManager.default.removeItem(atPath: temp)
+            throw MediaError(code: "media.io", message: "the disk did not confirm the processed audio \(temp): \(error)")
+        }
+        close(fd)
         guard rename(temp, output) == 0 else {
             throw MediaError(code: "media.io", message: "cannot move the processed audio to \(output): \(String(cString: strerror(errno)))")
+        }
+        let folder = open((output as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if folder >= 0 {
+            _ = fsync(folder)  // the new name; losing it only costs a second preprocessing
+            close(folder)
         }
         let info = try await MediaProbe.probe(output)
         return info.audioDuration ?? info.duration

@@ -479,13 +479,36 @@ public actor BatchRunner {
 
     private func prepareFolder(_ outputs: String) throws {
         for folder in [outputs, path(".talkie"), path(".talkie/tmp"), path(".talkie/logs"), path(".talkie/audio"), path(".talkie/cache")] {
+            let created = missingFolders(folder)
             do { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true) } catch {
                 throw RunSetupError(code: "workspace.unusable", message: "cannot create \(folder): \(error.localizedDescription); choose a writable --out folder")
+            }
+            // A new folder's name lives in its parent: fsync the parent, or a power cut can take
+            // the folder away with the state and the outputs later made durable inside it.
+            for new in created {
+                let parentPath = (new as NSString).deletingLastPathComponent
+                let parent = open(parentPath.isEmpty ? "." : parentPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                guard parent >= 0 else { continue }
+                defer { close(parent) }
+                guard fsync(parent) == 0 else {
+                    throw RunSetupError(code: "workspace.unusable", message: "the disk did not confirm the new folder \(new) (\(String(cString: strerror(errno)))); check the disk")
+                }
             }
         }
         guard access(outputs, W_OK) == 0 else {
             throw RunSetupError(code: "workspace.unusable", message: "\(outputs) is not writable; choose another --out folder or fix its permissions")
         }
+    }
+
+    /// `folder` and those of its ancestors that do not exist yet, outermost first.
+    private func missingFolders(_ folder: String) -> [String] {
+        var missing: [String] = []
+        var current = (folder as NSString).standardizingPath
+        while !current.isEmpty, current != "/", !FileManager.default.fileExists(atPath: current) {
+            missing.insert(current, at: 0)
+            current = (current as NSString).deletingLastPathComponent
+        }
+        return missing
     }
 
     /// Engine leftovers of a run that died are never reused. Only with the lock held: the

@@ -258,6 +258,20 @@ import TalkieCore
         #expect(recovered.code == 0 && workspace.renders().count == 2, "\(recovered.all)")
     }
 
+    @Test func anEmptiedAudioCacheIsMadeAgain() async throws {
+        // What a power cut can leave of the prepared narration: its name without its data.
+        let workspace = try await Workspace()
+        try await workspace.addTemplate(1, as: "t1.mp4")
+        #expect(try await workspace.run().code == 0)
+        let audio = workspace.outputs + "/.talkie/audio"
+        for name in try FileManager.default.contentsOfDirectory(atPath: audio) {
+            try Data().write(to: URL(fileURLWithPath: audio + "/" + name))
+        }
+        #expect(try await workspace.talkie(["reset", "--out", workspace.outputs, "--yes"]).code == 0)
+        let again = try await workspace.run()
+        #expect(again.code == 0, "\(again.all)")
+    }
+
     @Test func aHalfWrittenOutputFailsWithOnePlainLine() async throws {
         let workspace = try await Workspace()
         try await workspace.addTemplate(1, as: "x-half-output.mp4")
