@@ -318,10 +318,21 @@ public actor BatchRunner {
             do {
                 try await OutputFinisher.stamp(engineOutput: engineOutput, tags: tags, destination: staged)
                 try await OutputFinisher.verify(staged, expectedDuration: audio.duration, tags: tags)
-                try publish(staged, as: path(outputFile))
             } catch {
                 if Task.isCancelled { try stop(&item); throw CancellationError() }
-                try fail(&item, ItemError(kind: .transient, message: "the engine's output was rejected: \((error as? any TalkieError)?.message ?? "\(error)")"))
+                try fail(&item, ItemError(kind: .transient, message: "the engine's output was rejected: \(error.message)"))
+                return
+            }
+            do { try publish(staged, as: path(outputFile)) } catch {
+                if Task.isCancelled { try stop(&item); throw CancellationError() }
+                // Never a success on an unconfirmed write: this attempt fails and a new render
+                // writes a new file. If the disk is really failing, the journal's own sync
+                // stops the run.
+                let reason = switch error {
+                case .syncFailed(let file, let code): "the disk did not confirm the output \(file) (\(String(cString: strerror(code))))"
+                default: error.message
+                }
+                try fail(&item, ItemError(kind: .transient, message: "the output could not be made durable: \(reason)"))
                 return
             }
             unlink(engineOutput)
@@ -365,16 +376,16 @@ public actor BatchRunner {
 
     /// Makes the verified output durable under its final name: fsync the file, rename it
     /// into place, fsync the folder. Only then may the success be committed.
-    private func publish(_ staged: String, as final: String) throws {
+    private func publish(_ staged: String, as final: String) throws(StoreError) {
         let fd = open(staged, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw StoreError.io("cannot open the output", path: staged, errno: errno) }
+        guard fd >= 0 else { throw .io("cannot open the output", path: staged, errno: errno) }
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw StoreError.syncFailed(path: staged, errno: errno) }
-        guard rename(staged, final) == 0 else { throw StoreError.io("cannot move the output into place", path: final, errno: errno) }
+        guard fsync(fd) == 0 else { throw .syncFailed(path: staged, errno: errno) }
+        guard rename(staged, final) == 0 else { throw .io("cannot move the output into place", path: final, errno: errno) }
         let folder = open((final as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard folder >= 0 else { throw StoreError.io("cannot open the output folder", path: final, errno: errno) }
+        guard folder >= 0 else { throw .io("cannot open the output folder", path: final, errno: errno) }
         defer { close(folder) }
-        guard fsync(folder) == 0 else { throw StoreError.syncFailed(path: final, errno: errno) }
+        guard fsync(folder) == 0 else { throw .syncFailed(path: final, errno: errno) }
     }
 
     /// `<template name>.<key>.mp4`: readable, and unique per content so no two items (or

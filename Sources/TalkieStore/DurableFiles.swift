@@ -98,6 +98,9 @@ public struct FileOps: Sendable {
             Foundation.unlink(backupTemp)
             try link(path, backupTemp)
             try rename(backupTemp, backup)
+            // rename() does nothing when both names are already links to one file (a snapshot
+            // whose own rename failed last time): the temp name must not stay behind.
+            Foundation.unlink(backupTemp)
         }
         try rename(temp, path)
         try syncDirectory(folder.isEmpty ? "." : folder)

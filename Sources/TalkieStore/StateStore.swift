@@ -138,11 +138,16 @@ public final class StateStore {
             data.append(0x0a)
         }
         let journal = Self.path(folder, Self.journalName)
+        var before = stat()
+        let length = fstat(journalFD, &before) == 0 ? Int(before.st_size) : nil
         do {
             try ops.write(fd: journalFD, data, path: journal)
             try ops.sync(fd: journalFD, path: journal, dataOnly: true)
         } catch {
             poisoned = true
+            // Never a success after a failed sync: the records were not acknowledged, so they
+            // must not be read back either (the page cache still holds them after an EIO).
+            if let length, ftruncate(journalFD, off_t(length)) == 0 { _ = fdatasync(journalFD) }
             throw error
         }
         for record in records { apply(record) }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import TalkieCore
 @testable import TalkieStore
@@ -115,6 +116,45 @@ import TalkieCore
         #expect(store.recovery.needsRebuild)
         #expect(store.recovery.source != .fresh)
         store.close()
+    }
+
+    @Test func aRecordWhoseSyncFailedIsNotReadBack() throws {
+        // The fsync fails after the write landed in the page cache: the success was never
+        // acknowledged, so no later reader may see it.
+        let folder = TemporaryFolder()
+        let syncs = Atomic<Int>(0)
+        let ops = FileOps { operation throws(StoreError) in
+            guard case .fsync(let path) = operation, path.hasSuffix("task_status.journal") else { return }
+            if syncs.add(1, ordering: .sequentiallyConsistent).newValue == 2 { throw .syncFailed(path: path, errno: EIO) }
+        }
+        let store = try StateStore(folder: folder.path, ops: ops)
+        try store.commit([makeItem(1)])
+        #expect(throws: StoreError.self) { try store.commit([makeItem(1, status: .success)]) }
+        store.close()
+        let recovered = try StateStore(folder: folder.path)
+        #expect(recovered.item(makeItem(1).key)?.state.status == .pending, "never a success after a failed sync")
+        recovered.close()
+    }
+
+    @Test func aSnapshotWhoseRenameFailedLeavesNoTempNameBehind() throws {
+        let folder = TemporaryFolder()
+        let renames = Atomic<Int>(0)
+        let ops = FileOps { operation throws(StoreError) in
+            guard case .rename(let from, _) = operation, from.contains("task_status.json.tmp-") else { return }
+            if renames.add(1, ordering: .sequentiallyConsistent).newValue == 2 { throw .io("injected", path: from, errno: EXDEV) }
+        }
+        let store = try StateStore(folder: folder.path, ops: ops)
+        try store.commit([makeItem(1)])
+        try store.compact()
+        try store.commit([makeItem(2)])
+        #expect(throws: StoreError.self) { try store.compact() }  // the snapshot's rename into place fails
+        store.close()
+        let again = try StateStore(folder: folder.path)
+        try again.commit([makeItem(3)])
+        try again.compact()  // the backup is now a link to the snapshot itself
+        again.close()
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path)
+        #expect(!names.contains { $0.contains(".tmp-") }, "\(names)")
     }
 
     @Test func aJournalOfZerosIsDamageNotATornWrite() throws {
