@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test: the engines' pytest suites, then
-# the Swift Testing suites (unit, store crash/corruption, end-to-end with the real binary).
+# Installs what is missing, builds, and runs every test: the engines' pytest suites, the
+# Swift Testing suites (unit, store crash/corruption, end-to-end with the real binary), then
+# the bounded (--quick) version of every reliability suite (scripts/reliability.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
@@ -15,4 +16,6 @@ if [ -x .venv/bin/python ]; then
 fi
 printf '\033[1m==> Swift tests\033[0m\n'
 swift test --skip-build --disable-xctest || status=$?
+printf '\033[1m==> reliability suites, bounded (scripts/reliability.sh --quick)\033[0m\n'
+.venv/bin/python -m reliability --quick || status=$?
 exit $status
