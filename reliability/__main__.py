@@ -90,8 +90,8 @@ def main() -> int:
 
 def print_table(results: list[dict], mode: str, seed: int) -> None:
     print()
-    print(f"| suite | what it tries | cases | failures | seconds |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| suite | what it tries | cases | failures | seconds |")
+    print("|---|---|---:|---:|---:|")
     for result in results:
         print(f"| {result['suite']} | {result['title']} | {result['cases']} | {result['failures']} | {result['seconds']:.0f} |")
     total_cases = sum(result["cases"] for result in results)

@@ -180,6 +180,16 @@ class Batch:
         return ctx.env(TALKIE_TEST_ENGINE_LOG=str(self.engine_log), **extra)
 
 
+def batch_in(folder: Path, media: Batch, prepared: Path | None = None) -> Batch:
+    """`media`'s inputs with outputs and engine log under `folder`, starting from a copy of
+    `prepared` (a folder holding "outputs" and "engine.log") when given."""
+    batch = Batch(audio=media.audio, videos=media.videos, out=folder / "outputs", engine_log=folder / "engine.log")
+    if prepared is not None:
+        shutil.copytree(prepared / "outputs", batch.out, symlinks=True)
+        shutil.copyfile(prepared / "engine.log", batch.engine_log)
+    return batch
+
+
 def small_batch(folder: Path, count: int = 3, seconds: float = 1.0) -> Batch:
     """`count` distinct one-second templates and a short narration under `folder`."""
     videos = folder / "templates"

@@ -136,7 +136,7 @@ def tone(path: Path, seconds: float, rate: int = 16000) -> Path:
 
 
 def silence(path: Path, seconds: float) -> Path:
-    ffmpeg("-f", "lavfi", "-i", f"anullsrc=r=16000:cl=mono", "-t", str(seconds), "-c:a", "pcm_s16le", "-f", "wav",
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", str(seconds), "-c:a", "pcm_s16le", "-f", "wav",
            "file:" + str(path))
     return path
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -203,12 +202,7 @@ class Start:
     prepared: Path | None
 
     def batch(self, folder: Path) -> harness.Batch:
-        batch = harness.Batch(audio=self.media.audio, videos=self.media.videos, out=folder / "outputs",
-                              engine_log=folder / "engine.log")
-        if self.prepared is not None:
-            shutil.copytree(self.prepared / "outputs", batch.out, symlinks=True)
-            shutil.copyfile(self.prepared / "engine.log", batch.engine_log)
-        return batch
+        return harness.batch_in(folder, self.media, self.prepared)
 
     @property
     def earlier_successes(self) -> int:

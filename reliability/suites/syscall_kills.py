@@ -35,7 +35,6 @@ included.
 """
 from __future__ import annotations
 
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +57,7 @@ class Scenario:
         self.prepared = prepared   # a folder holding "outputs" and "engine.log" to start from
 
     def batch(self, folder: Path) -> harness.Batch:
-        batch = harness.Batch(audio=self.media.audio, videos=self.media.videos, out=folder / "outputs",
-                              engine_log=folder / "engine.log")
-        if self.prepared is not None:
-            shutil.copytree(self.prepared / "outputs", batch.out, symlinks=True)
-            shutil.copyfile(self.prepared / "engine.log", batch.engine_log)
-        return batch
+        return harness.batch_in(folder, self.media, self.prepared)
 
 
 @dataclass

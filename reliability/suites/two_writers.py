@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 from .. import harness
 
