@@ -14,7 +14,13 @@ public final class StoreLock: Sendable {
         path = (folder as NSString).appendingPathComponent(".talkie.lock")
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io("cannot create the lock file", path: path, errno: errno) }
-        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+        // A few tries: `isHeld` of a reader holds a shared lock for a moment.
+        var taken = flock(fd, LOCK_EX | LOCK_NB) == 0
+        for _ in 0..<5 where !taken {
+            usleep(20_000)
+            taken = flock(fd, LOCK_EX | LOCK_NB) == 0
+        }
+        if !taken {
             let holder = (try? String(contentsOfFile: path, encoding: .utf8))
                 .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             Foundation.close(fd)
@@ -27,7 +33,8 @@ public final class StoreLock: Sendable {
     }
 
     /// Whether a live process holds the lock of `folder`, found without taking it for
-    /// writing or changing the lock file (for readers such as `talkie status`).
+    /// writing or changing the lock file (for readers such as `talkie status`). The shared
+    /// lock it takes for a moment is why `init` tries more than once.
     public static func isHeld(folder: String) -> Bool {
         let fd = open((folder as NSString).appendingPathComponent(".talkie.lock"), O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
