@@ -180,14 +180,34 @@ class Batch:
         return ctx.env(TALKIE_TEST_ENGINE_LOG=str(self.engine_log), **extra)
 
 
-def batch_in(folder: Path, media: Batch, prepared: Path | None = None) -> Batch:
-    """`media`'s inputs with outputs and engine log under `folder`, starting from a copy of
-    `prepared` (a folder holding "outputs" and "engine.log") when given."""
-    batch = Batch(audio=media.audio, videos=media.videos, out=folder / "outputs", engine_log=folder / "engine.log")
-    if prepared is not None:
-        shutil.copytree(prepared / "outputs", batch.out, symlinks=True)
-        shutil.copyfile(prepared / "engine.log", batch.engine_log)
-    return batch
+@dataclass
+class Start:
+    """Where a case's run starts: `media`'s inputs, with a copy of `prepared` (a folder
+    holding "outputs" and "engine.log") or nothing."""
+
+    name: str
+    media: Batch
+    prepared: Path | None = None
+
+    def batch(self, folder: Path) -> Batch:
+        """The inputs with outputs and engine log under `folder`, copied from `prepared`."""
+        batch = Batch(audio=self.media.audio, videos=self.media.videos, out=folder / "outputs",
+                      engine_log=folder / "engine.log")
+        if self.prepared is not None:
+            shutil.copytree(self.prepared / "outputs", batch.out, symlinks=True)
+            shutil.copyfile(self.prepared / "engine.log", batch.engine_log)
+        return batch
+
+    def begin(self, ctx: Context, case: Case, folder: Path) -> tuple[Batch, dict[str, str], "Ledger"]:
+        """The batch under `folder`, its environment, and a Ledger that has already checked
+        (and acknowledged) the copied state."""
+        batch = self.batch(folder)
+        env = batch.env(ctx)
+        ledger = Ledger(batch)
+        if self.prepared is not None:
+            for problem in ledger.observe(killed=False, env=env):
+                case.fail(f"before the run: {problem}")
+        return batch, env, ledger
 
 
 def small_batch(folder: Path, count: int = 3, seconds: float = 1.0) -> Batch:
@@ -353,6 +373,17 @@ def leftover_processes(tag: str) -> list[str]:
         except OSError:
             continue
     return found
+
+
+def wait_for(condition, seconds: float = 30, step: float = 0.05) -> bool:
+    """Polls `condition` every `step` seconds until it holds (True) or `seconds` pass; it
+    is asked once more at the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return bool(condition())
 
 
 def wait_for_no_leftovers(tag: str, seconds: float = 5.0) -> list[str]:

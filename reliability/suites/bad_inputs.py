@@ -266,15 +266,6 @@ def stop(process: subprocess.Popen, seconds: float = 30) -> int | None:
         return None
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 class Writer:
     """Appends to a file without pause (a copy or download still in progress)."""
 
@@ -478,7 +469,7 @@ def disappearing_template(ctx: harness.Context) -> None:
         process = start_talkie(["run", "--audio", str(audio), "--videos", str(videos), "--out", str(out),
                                 "--engine", "test", "--retry-delay", "0.1"], env, folder / "run.out")
         try:
-            case.require(wait_for(lambda: harness.render_counts(engine_log), 60), "the batch never started rendering")
+            case.require(harness.wait_for(lambda: harness.render_counts(engine_log), 60), "the batch never started rendering")
             (videos / "c-vanishes.mp4").unlink()
             process.wait(timeout=120)
         finally:
@@ -510,7 +501,7 @@ def disappearing_template(ctx: harness.Context) -> None:
                                 "--engine", "test", "--retry-delay", "0.1"], env, folder / "run.out")
         try:
             # a is done once b starts; b is being rendered when its folder goes
-            case.require(wait_for(lambda: len(harness.render_counts(engine_log)) >= 2, 60), "the batch never reached b.mp4")
+            case.require(harness.wait_for(lambda: len(harness.render_counts(engine_log)) >= 2, 60), "the batch never reached b.mp4")
             videos.rename(folder / "moved-away")
             process.wait(timeout=120)
         finally:
@@ -550,7 +541,7 @@ def disappearing_template(ctx: harness.Context) -> None:
         process = start_talkie(["run", "--audio", str(audio), "--videos", str(videos), "--out", str(out),
                                 "--engine", "test", "--retry-delay", "0.1"], env, folder / "run.out")
         try:
-            case.require(wait_for(lambda: harness.render_counts(engine_log), 60), "the batch never started rendering")
+            case.require(harness.wait_for(lambda: harness.render_counts(engine_log), 60), "the batch never started rendering")
             audio.unlink()
             process.wait(timeout=120)
         finally:
@@ -648,7 +639,7 @@ def three_hour_narration(ctx: harness.Context) -> None:
         wait = 8 if ctx.quick else 20
         said = lambda: LENGTH_WORDS.search((folder / "run.out").read_text(errors="replace")) is not None
         try:
-            wait_for(lambda: process.poll() is not None or said(), wait)
+            harness.wait_for(lambda: process.poll() is not None or said(), wait)
             early_exit = process.poll()
             text = (folder / "run.out").read_text(errors="replace")
             if early_exit is not None:

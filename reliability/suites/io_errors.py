@@ -176,14 +176,14 @@ def run(ctx: harness.Context) -> None:
         others = [fault for fault in FAULTS if not fault.quick]
         faults = [fault for fault in FAULTS if fault.quick] + ctx.rng.sample(others, QUICK_EXTRA)
     media = harness.small_batch(ctx.scratch("media"), count=3)
-    starts: dict[str, Start | None] = {}
+    starts: dict[str, harness.Start | None] = {}
     cleans: dict[str, tuple | None] = {}
     for fault in faults:
         if ctx.out_of_time():
             ctx.note(f"the time budget ended the suite before: {fault.label}")
             break
         if fault.start not in starts:
-            starts[fault.start] = prepare(ctx, media) if fault.start == "part-done" else Start("fresh", media, None)
+            starts[fault.start] = prepare(ctx, media) if fault.start == "part-done" else harness.Start("fresh", media, None)
             cleans[fault.start] = clean_trace(ctx, starts[fault.start]) if starts[fault.start] else None
         if cleans[fault.start] is not None:
             io_case(ctx, starts[fault.start], cleans[fault.start], fault)
@@ -192,24 +192,7 @@ def run(ctx: harness.Context) -> None:
         ctx.failures.append(("leftovers", f"processes left behind: {leftovers}"))
 
 
-@dataclass
-class Start:
-    """The state a case's run starts from: a copy of `prepared` (a folder with "outputs"
-    and "engine.log"), or nothing."""
-
-    name: str
-    media: harness.Batch
-    prepared: Path | None
-
-    def batch(self, folder: Path) -> harness.Batch:
-        return harness.batch_in(folder, self.media, self.prepared)
-
-    @property
-    def earlier_successes(self) -> int:
-        return 1 if self.prepared is not None else 0
-
-
-def prepare(ctx: harness.Context, media: harness.Batch) -> Start | None:
+def prepare(ctx: harness.Context, media: harness.Batch) -> harness.Start | None:
     """Template 1 rendered and committed: the earlier success every case must keep."""
     folder = ctx.scratch("part-done")
     with ctx.case("prepare a part-done batch") as case:
@@ -222,11 +205,11 @@ def prepare(ctx: harness.Context, media: harness.Batch) -> Start | None:
         for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=1):
             case.fail(problem)
         if not case.failures:
-            return Start("part-done", media, folder)
+            return harness.Start("part-done", media, folder)
     return None
 
 
-def clean_trace(ctx: harness.Context, start: Start):
+def clean_trace(ctx: harness.Context, start: harness.Start):
     """The calls of a clean traced run from the start state (a case: it must succeed)."""
     with ctx.case(f"{start.name}: clean traced run") as case:
         folder = ctx.scratch(f"{start.name}-clean")
@@ -261,7 +244,7 @@ def aim(fault: Fault, calls, out: Path) -> tuple[int, tuple[str, ...], straced.C
     return n, ("{out}/" + relative if relative else "{out}",), target
 
 
-def io_case(ctx: harness.Context, start: Start, clean, fault: Fault) -> None:
+def io_case(ctx: harness.Context, start: harness.Start, clean, fault: Fault) -> None:
     calls, clean_out = clean
     with ctx.case(fault.label) as case:
         n, filters, target = aim(fault, calls, clean_out)
@@ -269,13 +252,9 @@ def io_case(ctx: harness.Context, start: Start, clean, fault: Fault) -> None:
         misses = []
         for attempt in range(1, AIM_ATTEMPTS + 1):
             folder = ctx.scratch(f"{fault.label}-{attempt}")
-            batch = start.batch(folder)
-            env = batch.env(ctx)
-            ledger = harness.Ledger(batch)
-            if start.prepared is not None:
-                for problem in ledger.observe(killed=False, env=env):
-                    case.fail(f"before the run: {problem}")
-            case.require(len(ledger.acknowledged) == start.earlier_successes,
+            batch, env, ledger = start.begin(ctx, case, folder)
+            earlier_successes = 1 if start.prepared is not None else 0  # template 1 of the part-done copy
+            case.require(len(ledger.acknowledged) == earlier_successes,
                          f"the {start.name} copy has {len(ledger.acknowledged)} successes")
             log = folder / "strace.log"
             result = faulted_run(batch, env, log, f"{fault.syscall}:error={fault.error}:when={n}", filters)

@@ -30,7 +30,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import harness
-from .studio_client import Reply, Server, free_port, raw_request, stream_upload, wait_for
+from ..harness import wait_for
+from .studio_client import Reply, Server, free_port, raw_request, stream_upload
 
 TITLE = "crafted requests never reach outside the workspace"
 BUDGET = (60, 300)

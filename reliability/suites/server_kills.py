@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from .. import harness
-from .studio_client import Server, wait_for
+from ..harness import wait_for
+from .studio_client import Server
 
 TITLE = "SIGKILLs of the studio server lose no work"
 BUDGET = (120, 1200)

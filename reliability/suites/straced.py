@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,15 +79,6 @@ def _proc_field(pid: int, name: str) -> str | None:
     return None
 
 
-def _wait(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def run_attached(args: list[str], env: dict[str, str], log: Path, inject: str,
                  paths_for_pid, timeout: float = 180) -> tuple[subprocess.CompletedProcess, int]:
     """Runs talkie with `args` under strace injection whose -P paths may name talkie's pid:
@@ -99,7 +89,7 @@ def run_attached(args: list[str], env: dict[str, str], log: Path, inject: str,
                               start_new_session=True, text=True, errors="replace")
     tracer = None
     try:
-        if not _wait(lambda: (_proc_field(talkie.pid, "State") or "").startswith("T"), 30):
+        if not harness.wait_for(lambda: (_proc_field(talkie.pid, "State") or "").startswith("T"), 30, step=0.01):
             raise RuntimeError("the launcher did not stop itself")
         command = ["strace", "-f", "-qq", "-y", "-s", "4096", "-e", "trace=" + ",".join(TRACED),
                    "-e", "inject=" + inject, "-o", str(log), "-p", str(talkie.pid)]
@@ -107,7 +97,7 @@ def run_attached(args: list[str], env: dict[str, str], log: Path, inject: str,
             command += ["-P", path]
         tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
-        if not _wait(lambda: _proc_field(talkie.pid, "TracerPid") not in (None, "0") or tracer.poll() is not None, 30):
+        if not harness.wait_for(lambda: _proc_field(talkie.pid, "TracerPid") not in (None, "0") or tracer.poll() is not None, 30, step=0.01):
             raise RuntimeError("strace did not attach")
         if tracer.poll() is not None:
             raise RuntimeError(f"strace could not attach: {tracer.stderr.read()[-500:]}")

@@ -31,15 +31,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(condition, seconds: float = 30, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return False
-
-
 @dataclass
 class Reply:
     """A parsed HTTP response (or `status` 0 when the server closed without one)."""
@@ -92,7 +83,7 @@ class Server:
                                             stderr=stderr, env=self.env, cwd=self.cwd,
                                             start_new_session=True)
         # The banner is printed once the socket listens.
-        if not wait_for(lambda: b"Talkie studio:" in self.stdout_path.read_bytes() or self.process.poll() is not None, seconds):
+        if not harness.wait_for(lambda: b"Talkie studio:" in self.stdout_path.read_bytes() or self.process.poll() is not None, seconds):
             self.kill()
             raise RuntimeError(f"talkie serve did not start within {seconds:.0f} s: {self.stderr_tail()}")
         if self.process.poll() is not None:

@@ -48,24 +48,12 @@ BUDGET = (100, 900)
 QUICK_POINTS = {"fresh": 7, "grown": 3}
 
 
-class Scenario:
-    """A way to get a batch into its starting state for one case."""
-
-    def __init__(self, name: str, media: harness.Batch, prepared: Path | None = None):
-        self.name = name
-        self.media = media
-        self.prepared = prepared   # a folder holding "outputs" and "engine.log" to start from
-
-    def batch(self, folder: Path) -> harness.Batch:
-        return harness.batch_in(folder, self.media, self.prepared)
-
-
 @dataclass
 class Point:
     """One kill: at the nth call of `name` (of those on `paths`, when given; "{out}" stands
     for the case's output folder)."""
 
-    scenario: Scenario
+    scenario: harness.Start
     name: str
     n: int
     paths: tuple[str, ...] = ()
@@ -93,7 +81,7 @@ def run(ctx: harness.Context) -> None:
             case.fail(f"{', '.join(missing)} not installed (apt-get install strace util-linux)")
         return
     media = harness.small_batch(ctx.scratch("media"), count=3)
-    scenarios = [Scenario("fresh", media)]
+    scenarios = [harness.Start("fresh", media)]
     grown = prepare_grown(ctx, media)
     if grown is not None:
         scenarios.append(grown)
@@ -128,7 +116,7 @@ def run(ctx: harness.Context) -> None:
         ctx.failures.append(("leftovers", f"processes left behind: {leftovers}"))
 
 
-def prepare_grown(ctx: harness.Context, media: harness.Batch) -> Scenario | None:
+def prepare_grown(ctx: harness.Context, media: harness.Batch) -> harness.Start | None:
     """A finished batch of the first two templates; the cases run it with all three."""
     folder = ctx.scratch("grown-prepared")
     with ctx.case("grown: prepare a finished batch of 2") as case:
@@ -143,7 +131,7 @@ def prepare_grown(ctx: harness.Context, media: harness.Batch) -> Scenario | None
         for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=2):
             case.fail(problem)
         if not case.failures:
-            return Scenario("grown", media, prepared=folder)
+            return harness.Start("grown", media, prepared=folder)
     return None
 
 
@@ -157,7 +145,7 @@ def wanted_calls(calls: list[straced.Call], out: Path) -> dict[tuple, straced.Ca
     return wanted
 
 
-def quick_points(scenario: Scenario, calls: list[straced.Call], out: Path) -> list[Point]:
+def quick_points(scenario: harness.Start, calls: list[straced.Call], out: Path) -> list[Point]:
     """A spread over the clean run, first and last call included."""
     pool = straced.pool_threads(calls, out)
     sequence = [call for call in calls if call.tid in pool and "eventfd" not in call.where(out)]
@@ -166,7 +154,7 @@ def quick_points(scenario: Scenario, calls: list[straced.Call], out: Path) -> li
     return [Point(scenario, sequence[i].name, index_among_name(calls, sequence[i], out), rank=0) for i in chosen]
 
 
-def sweep_points(scenario: Scenario, calls: list[straced.Call], out: Path) -> list[Point]:
+def sweep_points(scenario: harness.Start, calls: list[straced.Call], out: Path) -> list[Point]:
     """Every N of every syscall name, up to the most calls of it one thread made."""
     points = []
     for name, most in sorted(straced.per_name_counts(calls, out).items()):
@@ -176,7 +164,7 @@ def sweep_points(scenario: Scenario, calls: list[straced.Call], out: Path) -> li
     return points
 
 
-def fill_in(ctx: harness.Context, scenario: Scenario, calls: list[straced.Call], out: Path,
+def fill_in(ctx: harness.Context, scenario: harness.Start, calls: list[straced.Call], out: Path,
             wanted: dict[tuple, straced.Call], hit: set) -> None:
     """Aims once more at each call no kill hit: by the path filter when its file has a stable
     name or one with talkie's pid (strace's -P matches the descriptor's file or, for rename and
@@ -208,7 +196,7 @@ def index_among_name(calls: list[straced.Call], target: straced.Call, out: Path)
     return straced.aim_index(calls, target, out, lambda call: call.name == target.name)
 
 
-def clean_trace(ctx: harness.Context, scenario: Scenario) -> tuple[list[straced.Call], Path] | None:
+def clean_trace(ctx: harness.Context, scenario: harness.Start) -> tuple[list[straced.Call], Path] | None:
     """The calls of a clean traced run of the scenario (itself a case: it must succeed)."""
     with ctx.case(f"{scenario.name}: clean traced run") as case:
         folder = ctx.scratch(f"{scenario.name}-clean")
@@ -239,12 +227,7 @@ def kill_case(ctx: harness.Context, point: Point, hit: set) -> None:
     label = f"{scenario.name}: kill at {name} #{n}" + (f" on {Path(paths[0]).name}" if paths else "")
     with ctx.case(label) as case:
         folder = ctx.scratch(f"{scenario.name}-{name}-{n}")
-        batch = scenario.batch(folder)
-        env = batch.env(ctx)
-        ledger = harness.Ledger(batch)
-        if scenario.prepared is not None:
-            for problem in ledger.observe(killed=False, env=env):
-                case.fail(f"before the run: {problem}")
+        batch, env, ledger = scenario.begin(ctx, case, folder)
         log = folder / "strace.log"
         inject = f"{name}:signal=KILL:when={n}"
         if any("{pid}" in path for path in paths):

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 from .. import harness
+from .studio_client import free_port
 
 TITLE = "a second writer on a workspace in use is refused"
 BUDGET = (90, 240)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([harness.talkie_bin(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, text=True, errors="replace", start_new_session=True)
-
-
-def wait_for(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def serving(port: int) -> bool:
@@ -64,7 +49,7 @@ def run(ctx: harness.Context) -> None:
             env = batch.env(ctx, TALKIE_TEST_ENGINE_DELAY="0.2")
             holder = start(batch.run_args(), env)
             try:
-                case.require(wait_for(lambda: harness.render_counts(batch.engine_log)), "the first run never started rendering")
+                case.require(harness.wait_for(lambda: harness.render_counts(batch.engine_log)), "the first run never started rendering")
                 second = harness.run_talkie(make_args(batch), env=env, timeout=60)
                 check_refused(case, second, label)
                 stdout, stderr = holder.communicate(timeout=120)
@@ -90,7 +75,7 @@ def run(ctx: harness.Context) -> None:
             port = free_port()
             server = start(["serve", "--workspace", str(workspace), "--port", str(port)], env)
             try:
-                case.require(wait_for(lambda: serving(port)), f"the server did not start: {server.stderr.read() if server.poll() is not None else ''}")
+                case.require(harness.wait_for(lambda: serving(port)), f"the server did not start: {server.stderr.read() if server.poll() is not None else ''}")
                 if label == "second server":
                     second = harness.run_talkie(["serve", "--workspace", str(workspace), "--port", str(free_port())],
                                                 env=env, timeout=30)
@@ -115,7 +100,7 @@ def run(ctx: harness.Context) -> None:
             batch = harness.small_batch(ctx.scratch("freed"), count=1)
             env = batch.env(ctx, TALKIE_TEST_ENGINE_DELAY="0.3")
             holder = start(batch.run_args(), env)
-            wait_for(lambda: harness.render_counts(batch.engine_log))
+            harness.wait_for(lambda: harness.render_counts(batch.engine_log))
             holder.kill()
             holder.wait()
             env = batch.env(ctx)
