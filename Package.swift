@@ -11,6 +11,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "talkie", targets: ["talkie"]),
+        // For Benchmarks/, a package of its own that measures these in process.
+        .library(name: "TalkieCore", targets: ["TalkieCore"]),
+        .library(name: "TalkieStore", targets: ["TalkieStore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -53,12 +56,6 @@ let package = Package(
             "TalkieRunner", "TalkieServer",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: settings),
-        .executableTarget(
-            name: "talkie-bench",
-            dependencies: ["TalkieRunner"],
-            path: "Benchmarks/TalkieBench",
-            swiftSettings: settings
-        ),
         .testTarget(name: "TalkieCoreTests", dependencies: ["TalkieCore"], swiftSettings: settings),
         .testTarget(name: "TalkieStoreTests", dependencies: ["TalkieStore"], swiftSettings: settings),
         .testTarget(name: "TalkieServerTests", dependencies: [

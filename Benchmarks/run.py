@@ -1,97 +1,135 @@
 #!/usr/bin/env python3
-"""Runs Talkie's benchmarks side by side with the seed design's baseline, in one run on one
-machine, and prints a Markdown table of ratios (paste into BENCHMARKS.md).
+"""Runs every benchmark side by side with its baseline, in one run on one machine, and writes
+BENCHMARKS.md: the machine and versions, then one section per part of Talkie.
 
-  python3 Benchmarks/run.py [--items 1000] [--size-mib 10] [--state-items 10000] [--work /tmp/talkie-bench]
+  python3 Benchmarks/run.py [--quick] [--out FILE] [--work DIR] [SECTION...]
 
-Builds Talkie in release mode first. Standard library only."""
+Sections: core (hashing, restart, durable state, memory: Benchmarks/core.py), engine (the
+built-in engine against the ffmpeg floor: Benchmarks/engine.py), studio (uploads, WebSocket
+latency, the API under wrk: Benchmarks/studio.py). Without SECTION, all of them.
+
+Full mode builds Talkie and the Benchmarks package in release mode and writes BENCHMARKS.md
+at the root (about 30 minutes on a 2-core machine). --quick uses tiny sizes and Talkie's debug
+build, writes .build/bench-quick/BENCHMARKS.md, and takes a few minutes: CI runs it so that
+no benchmark rots. Use scripts/bench.sh, which installs what is missing first."""
+from __future__ import annotations
+
 import argparse
-import json
+import datetime
 import os
-import shutil
-import statistics
+import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+SECTIONS = ("core", "engine", "studio")
 
 
-def run(command, **kwargs):
-    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+def say(message: str) -> None:
+    print(f"\033[1m==> {message}\033[0m", file=sys.stderr, flush=True)
 
 
-def timed(command, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
+def build(quick: bool) -> tuple[str, str]:
+    """Builds talkie and talkie-bench; returns their paths."""
+    configuration = "debug" if quick else "release"
+    say(f"building talkie ({configuration}) and the benchmarks (release)")
+    # The Benchmarks package is always built for release: ordo-one/benchmark runs its
+    # benchmarks from a release build, and talkie-bench shares that build.
+    for command in (["swift", "build", "-c", configuration, "--product", "talkie"],
+                    ["swift", "build", "-c", "release", "--package-path", "Benchmarks", "--product", "talkie-bench"]):
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
-            sys.exit(f"{command} failed: {result.stdout}{result.stderr}")
-    return statistics.median(times), result.stdout
+            sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return (str(ROOT / ".build" / configuration / "talkie"),
+            str(ROOT / "Benchmarks" / ".build" / "release" / "talkie-bench"))
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--size-mib", type=int, default=10)
-    parser.add_argument("--state-items", type=int, default=10000)
-    parser.add_argument("--seed-sample", type=int, default=100)
-    parser.add_argument("--work", default="/tmp/talkie-bench")
+def version(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        return (result.stdout or result.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def machine() -> list[str]:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        memory = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        memory = 0
+    filesystem = subprocess.run(["df", "--output=fstype", "/tmp"], capture_output=True, text=True).stdout.split()[-1:]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return [
+        f"- Machine: {os.cpu_count()} × {cpu}, {memory / 1048576:.1f} GiB RAM, Linux {platform.release()}, "
+        f"scratch on {' '.join(filesystem) or '?'} (`/tmp`), shared with other work: figures vary between runs.",
+        f"- Talkie at commit {commit or '?'}{' (with uncommitted changes)' if dirty else ''}, built in release mode.",
+        f"- Versions: {version(['swift', '--version'])}; {version(['ffmpeg', '-version'])}; "
+        f"{version(['xxhsum', '--version'])}; {version(['hyperfine', '--version'])}; {version(['wrk', '-v'])}; "
+        f"Python {platform.python_version()}.",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, debug build: proves every benchmark still runs")
+    parser.add_argument("--out", type=Path, help="the file to write (default: BENCHMARKS.md, or .build/bench-quick/BENCHMARKS.md with --quick)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/talkie-bench"), help="scratch folder (media is kept there for reruns)")
+    parser.add_argument("sections", nargs="*", choices=[[], *SECTIONS], default=[], metavar="SECTION",
+                        help=f"only these: {', '.join(SECTIONS)}")
     args = parser.parse_args()
+    sections = args.sections or list(SECTIONS)
+    out = args.out or (ROOT / ".build" / "bench-quick" / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md")
+    # Each section's Markdown, kept between runs: rerunning one section keeps the others.
+    parts = ROOT / ".build" / ("bench-quick" if args.quick else "bench") / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
-    print("building (release)...", file=sys.stderr)
-    run(["swift", "build", "-c", "release", "--product", "talkie"], cwd=ROOT)
-    run(["swift", "build", "-c", "release", "--product", "talkie-bench"], cwd=ROOT)
-    talkie = os.path.join(ROOT, ".build/release/talkie")
-    bench = os.path.join(ROOT, ".build/release/talkie-bench")
-    seed = [sys.executable, os.path.join(ROOT, "Benchmarks/seed_baseline.py")]
+    talkie, bench = build(args.quick)
+    env = dict(os.environ, TALKIE_BINARY=talkie, TALKIE_HOME=str(ROOT))
+    quick = ["--quick"] if args.quick else []
+    commands = {
+        "core": [python, "Benchmarks/core.py", *quick, "--out", str(parts), "--work", str(args.work / "core"),
+                 "--talkie", talkie, "--bench-bin", bench],
+        "engine": [python, "Benchmarks/engine.py", *quick, "--out", str(parts), "--work", str(args.work / "engine")],
+        "studio": [python, "Benchmarks/studio.py", *quick, "--out", str(parts), "--work", str(args.work / "studio")],
+    }
+    failed, took = [], {}
+    for name in sections:
+        say(f"benchmark: {name}{' (quick)' if args.quick else ''}")
+        (parts / f"{name}.md").unlink(missing_ok=True)
+        start = time.monotonic()
+        if subprocess.run(commands[name], cwd=ROOT, env=env).returncode != 0 or not (parts / f"{name}.md").exists():
+            failed.append(name)
+        took[name] = time.monotonic() - start
 
-    shutil.rmtree(args.work, ignore_errors=True)
-    restart_dir = os.path.join(args.work, "restart")
-    os.makedirs(restart_dir)
-    run(["espeak-ng", "-v", "en-us", "-w", os.path.join(restart_dir, "narration.wav"), "A short narration."])
-    print(f"preparing {args.items} finished items of {args.size_mib} MiB (sparse)...", file=sys.stderr)
-    run([bench, "prepare-restart", restart_dir, str(args.items), str(args.size_mib)])
-    outputs = os.path.join(restart_dir, "outputs")
-    rows = []
-
-    # 1. Restart of a finished batch: first start (no hash cache) and warm restart.
-    cache = os.path.join(outputs, ".talkie/hash-cache.json")
-    cold = []
-    for _ in range(3):
-        if os.path.exists(cache):
-            os.remove(cache)
-        seconds, out = timed([talkie, "run", "--out", outputs], 1)
-        assert "0 to render" in out, out
-        cold.append(seconds)
-    warm, out = timed([talkie, "run", "--out", outputs], 5)
-    assert "0 to render" in out, out
-    seed_times = []
-    for _ in range(3):
-        seconds, out = timed(seed + ["restart", restart_dir], 1)
-        assert json.loads(out)["to_render"] == 0, out
-        seed_times.append(seconds)
-    seed_restart = statistics.median(seed_times)
-    gib = args.items * args.size_mib / 1024
-    rows.append((f"first start, {args.items} finished inputs ({gib:.1f} GiB), s", statistics.median(cold), seed_restart))
-    rows.append((f"warm restart, {args.items} finished inputs, s", warm, seed_restart))
-
-    # 2. Per-item durable state overhead at N items (two changes per item: running, success).
-    state_dir = os.path.join(args.work, "state")
-    talkie_state = json.loads(run([bench, "state-overhead", state_dir, str(args.state_items)]).stdout)
-    seed_state = json.loads(run(seed + ["state-overhead", os.path.join(args.work, "seed-state"), str(args.state_items), str(args.seed_sample)]).stdout)
-    rows.append((f"state overhead per item at {args.state_items} items, median ms", talkie_state["per_item_ms_p50"], seed_state["per_item_ms_p50"]))
-    rows.append((f"state overhead per item at {args.state_items} items, p99 ms", talkie_state["per_item_ms_p99"], seed_state["per_item_ms_p99"]))
-    rows.append((f"state overhead per item at {args.state_items} items, mean ms (incl. compactions)", talkie_state["per_item_ms_mean"], seed_state["per_item_ms_mean"]))
-
-    print(f"| measure | Talkie | seed design | seed / Talkie |")
-    print(f"|---|---:|---:|---:|")
-    for name, ours, theirs in rows:
-        print(f"| {name} | {ours:.4g} | {theirs:.4g} | {theirs / ours:.1f}× |")
-    print(f"\n(seed state overhead sampled over {args.seed_sample} items of {args.state_items}; machine: {os.cpu_count()} cores)")
+    today = datetime.date.today().isoformat()
+    lines = ["# Benchmarks", "",
+             "Every figure is measured side by side with its baseline, in the same run on the same machine,",
+             "and given as a ratio. Medians of several runs, with min–max in brackets. A target that is",
+             "missed says **no**; the reason is in the section's notes.", "",
+             f"Regenerate: `scripts/bench.sh` (installs what is missing, builds in release mode, runs every",
+             f"section and rewrites this file; `scripts/bench.sh core` runs one section). Measured {today}:", "",
+             *machine(), "",
+             "This run: " + ", ".join(f"{name} {took[name]:.0f} s" for name in sections) + ".", ""]
+    for name in SECTIONS:
+        part = parts / f"{name}.md"
+        if part.exists():
+            lines += [part.read_text().rstrip(), ""]
+        else:
+            lines += [f"## {name}", "", f"Not measured: `{' '.join(commands[name][1:3])}` failed or was not run.", ""]
+    out.write_text("\n".join(lines))
+    say(f"wrote {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,9 +3,10 @@
 in 4 KiB reads, task_status.json rewritten in full (json.dump indent=2, ensure_ascii=False,
 then os.replace) after every state change, no hash cache, serial.
 
+  seed_baseline.py hash FILE...           MD5 of each file, one line each (as md5sum prints)
   seed_baseline.py restart DIR            load the state, MD5 every template, skip successes
   seed_baseline.py state-overhead DIR N K N items in the state; time K items' two changes each
-Prints one JSON line of results."""
+restart and state-overhead print one JSON line of results."""
 import hashlib
 import json
 import os
@@ -73,7 +74,10 @@ def state_overhead(folder, count, sample):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "restart":
+    if sys.argv[1] == "hash":
+        for name in sys.argv[2:]:
+            print(f"{compute_file_hash(name)}  {name}")
+    elif sys.argv[1] == "restart":
         restart(sys.argv[2])
     else:
         state_overhead(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

@@ -2,32 +2,25 @@ import Foundation
 import TalkieCore
 import TalkieStore
 
-/// Talkie's side-by-side benchmarks (see Benchmarks/run.sh, which runs them beside the
-/// seed design's baseline in the same run):
-///   talkie-bench prepare-restart DIR N SIZE_MIB   N sparse templates + a finished state for them
-///   talkie-bench state-overhead DIR N             N items, each committed running then success
-///   talkie-bench hash FILE ALGORITHM REPEAT       xxh3 or md5 throughput of one file
-/// Prints JSON lines of results.
+/// Whole-command helpers for the side-by-side benchmarks (Benchmarks/run.py times them
+/// with hyperfine beside their baselines):
+///   talkie-bench hash-files FILE...             Talkie's identity hash (XXH3-128) of each file
+///   talkie-bench prepare-restart DIR N SIZE_MIB N sparse templates + a finished state for them
 
 let arguments = CommandLine.arguments
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("talkie-bench: \(message)\n".utf8))
     exit(2)
 }
-if arguments.count == 5, arguments[1] == "hash", let repeats = Int(arguments[4]) {
-    let size = Double((try FileManager.default.attributesOfItem(atPath: arguments[2])[.size] as? NSNumber)?.intValue ?? 0)
-    var best = Double.infinity
-    for _ in 0..<repeats {
-        let start = ContinuousClock.now
-        if arguments[3] == "md5" { _ = try FileHasher.md5(path: arguments[2]) } else { _ = try FileHasher.xxh3(path: arguments[2]) }
-        let elapsed = ContinuousClock.now - start
-        best = min(best, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+if arguments.count >= 3, arguments[1] == "hash-files" {
+    // One line per file, as xxhsum and md5sum print them, so the three do the same work.
+    for path in arguments.dropFirst(2) {
+        do { print("\(try FileHasher.xxh3(path: path).hex)  \(path)") } catch { fail("\(error)") }
     }
-    print("{\"algorithm\":\"\(arguments[3])\",\"gib_per_s\":\(size / best / 1_073_741_824)}")
     exit(0)
 }
 guard arguments.count >= 4, let count = Int(arguments[3]) else {
-    fail("usage: talkie-bench prepare-restart DIR N SIZE_MIB | state-overhead DIR N")
+    fail("usage: talkie-bench hash-files FILE... | prepare-restart DIR N SIZE_MIB")
 }
 let folder = arguments[2]
 
@@ -35,11 +28,6 @@ func report(_ fields: [String: JSONValue]) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     print(String(decoding: try! encoder.encode(fields), as: UTF8.self))
-}
-
-func percentile(_ values: [Double], _ p: Double) -> Double {
-    let sorted = values.sorted()
-    return sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * p))]
 }
 
 switch arguments[1] {
@@ -75,37 +63,6 @@ case "prepare-restart":
     // The same finished batch in the seed's format, for the baseline.
     try JSONSerialization.data(withJSONObject: legacy, options: [.prettyPrinted]).write(to: URL(fileURLWithPath: folder + "/seed_status.json"))
     report(["prepared": .number(Double(count)), "size_mib": .number(Double(mebibytes))])
-
-case "state-overhead":
-    // Every item goes pending → running → success, each change durable before the next.
-    try? FileManager.default.removeItem(atPath: folder)
-    try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-    let store = try StateStore(folder: folder)
-    var items: [Item] = (0..<count).map { n in
-        Item(key: ItemKey(video: ContentHash(high: UInt64(n), low: 1), audio: ContentHash(high: 2, low: 2)),
-             names: ["/templates/t\(n).mp4"], audioPath: "/narration.wav", createdAt: Date())
-    }
-    try store.commit(items)
-    var perItem: [Double] = []
-    let clock = ContinuousClock()
-    let total = try clock.measure {
-        for index in items.indices {
-            let start = clock.now
-            try items[index].state.apply(.start)
-            try store.commit([items[index]])
-            try items[index].state.apply(.succeed(output: "t\(index).mp4", settingsFingerprint: "f"))
-            try store.commit([items[index]])
-            let elapsed = clock.now - start
-            perItem.append(Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
-        }
-        try store.compact()
-    }
-    store.close()
-    let seconds = Double(total.components.seconds) + Double(total.components.attoseconds) / 1e18
-    report(["items": .number(Double(count)), "total_s": .number(seconds),
-            "per_item_ms_mean": .number(seconds * 1000 / Double(count)),
-            "per_item_ms_p50": .number(percentile(perItem, 0.5)), "per_item_ms_p99": .number(percentile(perItem, 0.99)),
-            "generations": .number(Double(store.generation))])
 
 default:
     fail("unknown benchmark \(arguments[1])")
