@@ -23,6 +23,7 @@ public actor Studio {
     private var queuedBatch = false
     private var runner: BatchRunner?
     private var progress: [ItemKey: RenderProgress] = [:]
+    private var stateReader = CachedStateReader()
     let face2face: Face2FaceRegistry
     private var runningFace2Face: String?
     private let jobs: AsyncStream<Job>
@@ -268,7 +269,7 @@ public actor Studio {
 
     /// The whole state for the page.
     func state() -> StudioState {
-        let stored = (try? StateStore.read(folder: config.outputs))?.document
+        let stored = try? stateReader.read(folder: config.outputs)
         let audioKey = library.manifest.audio?.key
         var byKey: [ItemKey: Item] = [:]
         for item in stored?.items ?? [] { byKey[item.key] = item }

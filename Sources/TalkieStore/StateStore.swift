@@ -64,6 +64,8 @@ public final class StateStore {
     static let backupName = "task_status.json.bak"
     static let journalName = "task_status.journal"
     static let previousJournalName = "task_status.journal.prev"
+    /// Every file `read(folder:)` may decode.
+    static let stateFileNames = [snapshotName, backupName, journalName, previousJournalName]
 
     /// Opens the state of `folder` for writing: recovers it, sweeps stale temp files, opens
     /// the journal. The caller must hold the folder's `StoreLock`. The journal is compacted

@@ -19,6 +19,24 @@ import TalkieCore
         #expect(!store.recovery.needsRebuild)
     }
 
+    @Test func theCachedReaderSeesEveryChangeAndDecodesOnlyAfterOne() throws {
+        let folder = TemporaryFolder()
+        var reader = CachedStateReader()
+        let store = try StateStore(folder: folder.path)
+        try store.commit([makeItem(1)])
+        #expect(try reader.read(folder: folder.path).items.map(\.state.status) == [.pending])
+        try store.commit([makeItem(1, status: .success)])  // an append to the journal
+        #expect(try reader.read(folder: folder.path).items.map(\.state.status) == [.success])
+        try store.compact()  // a new snapshot, the journal rotated
+        try store.commit([makeItem(2)])
+        #expect(try reader.read(folder: folder.path).items.count == 2)
+        #expect(reader.decodes == 3)
+        _ = try reader.read(folder: folder.path)
+        _ = try reader.read(folder: folder.path)
+        #expect(reader.decodes == 3)  // nothing changed: nothing decoded
+        store.close()
+    }
+
     @Test func compactionWritesSnapshotAndBackupAndRotatesJournal() throws {
         let folder = TemporaryFolder()
         let store = try StateStore(folder: folder.path)
