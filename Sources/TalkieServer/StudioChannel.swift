@@ -4,9 +4,11 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOHTTPTypes
 
 /// Hummingbird's HTTP/1 channel with the WebSocket upgrade, plus an answer to requests
-/// the HTTP parser rejects (a negative Content-Length, a header without a colon, ...).
+/// the HTTP parser rejects (a negative Content-Length, a header without a colon, ...) and
+/// to `Expect: 100-continue`.
 ///
 /// The upgrade channel turns NIO's protocol error handling off and its upgrade handler
 /// never sees the parser's error, so such a connection was neither answered nor closed:
@@ -20,8 +22,9 @@ struct StudioChannel: ServerChildChannel {
     where Router.Responder.Context: WebSocketRequestContext {
         let webSocketResponder = webSocketRouter.buildResponder()
         return HTTPServerBuilder { responder in
-            StudioChannel(inner: HTTP1WebSocketUpgradeChannel(responder: responder, webSocketResponder: webSocketResponder,
-                                                              configuration: .init()))
+            StudioChannel(inner: HTTP1WebSocketUpgradeChannel(
+                responder: responder, webSocketResponder: webSocketResponder,
+                configuration: .init(http1: .init(additionalChannelHandlers: [ContinueHandler()]))))
         }
     }
 
@@ -60,5 +63,23 @@ final class MalformedRequestHandler: ChannelInboundHandler, RemovableChannelHand
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }
+    }
+}
+
+/// Answers `Expect: 100-continue` with `100 Continue` as soon as the request's head arrives.
+/// curl sends that header with every body over 1 MiB and, unanswered, waits a second
+/// before each upload; NIO and Hummingbird leave the answer to the application, and a
+/// route only runs once the body is on its way. Every request is told to go on: the
+/// token and the route are checked when the request is handled, as without the header.
+final class ContinueHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias OutboundOut = HTTPResponsePart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let request) = unwrapInboundIn(data),
+           request.headerFields[.expect]?.lowercased() == "100-continue" {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
+        }
+        context.fireChannelRead(data)
     }
 }
