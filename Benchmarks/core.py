@@ -207,7 +207,7 @@ def state_overhead(args, talkie_store_benchmarks: dict) -> tuple[list[list[str]]
 
 def store_benchmarks(args, work: Path) -> dict:
     """Runs StoreBenchmarks (ordo-one/benchmark) and reads back its raw samples."""
-    counts = "100,1000" if args.quick else "100,10000,100000"
+    counts = "100,1000" if args.quick else "100,1000,10000,100000"
     export = work / "store-benchmarks"
     shutil.rmtree(export, ignore_errors=True)
     export.mkdir(parents=True)

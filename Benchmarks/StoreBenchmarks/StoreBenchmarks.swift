@@ -8,7 +8,7 @@ import TalkieStore
 /// - identity hashing: XXH3-128 of each file in $TALKIE_BENCH_HASH_FILES (colon-separated),
 ///   one iteration per file set, page cache warm;
 /// - durable state per item at N items ($TALKIE_BENCH_ITEMS, comma-separated, default
-///   100,10000,100000): one iteration is one item going running → success, each change
+///   100,1000,10000,100000): one iteration is one item going running → success, each change
 ///   appended to the journal and fdatasync'ed, the periodic compactions included where they fall.
 /// $TALKIE_BENCH_WORK is the scratch folder (default /tmp/talkie-store-bench).
 let benchmarks: @Sendable () -> Void = {
@@ -30,7 +30,7 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
-    let counts = (environment["TALKIE_BENCH_ITEMS"] ?? "100,10000,100000").split(separator: ",").compactMap { Int($0) }
+    let counts = (environment["TALKIE_BENCH_ITEMS"] ?? "100,1000,10000,100000").split(separator: ",").compactMap { Int($0) }
     for count in counts {
         let fixture = StateFixture(folder: "\(work)/state-\(count)", count: count)
         Benchmark(
