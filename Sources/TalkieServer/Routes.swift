@@ -36,7 +36,7 @@ public func buildRouter(_ config: StudioConfiguration, studio: Studio) -> Router
     router.add(middleware: FileMiddleware(config.webRoot, searchForIndexHtml: true))
 
     let api = router.group("api")
-    api.get("state") { _, _ in APIResponse.json(await studio.state()) }
+    api.get("state") { _, _ in APIResponse.json(encoded: await studio.stateJSON()) }
 
     // Inputs: streamed, hashed, stored by content key.
     api.post("inputs/audio") { request, context in
@@ -122,7 +122,7 @@ public func buildRouter(_ config: StudioConfiguration, studio: Studio) -> Router
     router.ws("ws") { inbound, outbound, _ in
         let (id, messages) = studio.broadcaster.subscribe()
         defer { studio.broadcaster.unsubscribe(id) }
-        try await outbound.write(.text("{\"type\":\"snapshot\",\"state\":" + APIJSON.string(await studio.state()) + "}"))
+        try await outbound.write(.text("{\"type\":\"snapshot\",\"state\":" + String(decoding: await studio.stateJSON(), as: UTF8.self) + "}"))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { for try await _ in inbound {} }  // ends when the page goes away
             group.addTask { for await message in messages { try await outbound.write(.text(message)) } }

@@ -75,6 +75,12 @@ enum APIResponse {
                  body: .init(byteBuffer: ByteBuffer(data: APIJSON.encode(value))))
     }
 
+    /// A reply with JSON already encoded.
+    static func json(encoded: Data) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+                 body: .init(byteBuffer: ByteBuffer(data: encoded)))
+    }
+
     static func error(_ error: StudioError) -> Response {
         json(["error": ["code": error.code, "message": error.message]], status: .init(code: error.httpStatus))
     }

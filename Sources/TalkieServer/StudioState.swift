@@ -2,22 +2,22 @@ import Foundation
 import TalkieCore
 
 /// `GET /api/state` and the WebSocket snapshot (see docs/studio-api.md).
-struct StudioState: Codable, Sendable {
-    struct Input: Codable, Sendable {
+struct StudioState: Codable, Sendable, Equatable {
+    struct Input: Codable, Sendable, Equatable {
         var key: String
         var name: String
         var size: Int64
         var url: String
     }
 
-    struct Video: Codable, Sendable {
+    struct Video: Codable, Sendable, Equatable {
         var key: String
         var names: [String]
         var size: Int64
         var url: String
     }
 
-    struct ItemRow: Codable, Sendable {
+    struct ItemRow: Codable, Sendable, Equatable {
         var key: String
         var names: [String]
         var status: String
@@ -48,7 +48,7 @@ struct StudioState: Codable, Sendable {
         }
     }
 
-    struct Summary: Codable, Sendable {
+    struct Summary: Codable, Sendable, Equatable {
         var total = 0
         var succeeded = 0
         var failed = 0
