@@ -391,8 +391,8 @@ def markdown(args, sections, store) -> str:
                      f"{fmt(mib, 4)} MiB file, page cache warm): median {fmt(mib / 1024 / (in_process['p50_ms'] / 1000), 3)} GiB/s; "
                      f"the whole `talkie-bench hash-files` command: {fmt(big['talkie']['gib_per_s'], 3)} GiB/s.")
     notes.append("Hashing rows read files from a warm page cache, so they measure the hash, not the disk; `cat` is "
-                 "the cost of reading alone. Talkie hashes with libxxhash's XXH3-128 in 1 MiB reads, the same "
-                 "library as `xxhsum -H2`.")
+                 "the cost of reading alone. Talkie hashes with libxxhash's XXH3-128 in 1 MiB reads, through the "
+                 "same run-time CPU dispatch (AVX2 here) as `xxhsum -H2`.")
     restart_figures = sections["restart"][1]
     notes.append(f"Restart: {restart_figures['items']} sparse inputs of {restart_figures['mib']} MiB, already rendered; "
                  "`talkie run --out` must find nothing to render. First start has no hash cache (every input is "
