@@ -2,9 +2,9 @@ import Foundation
 import TalkieCore
 
 /// Reads a folder's state for callers that ask often (the studio's API and every page's
-/// snapshot): the files are decoded again only when one of them changed. Decoding a
-/// 100-item state took about 20 ms, so a page polling the API during a batch queued
-/// behind it; a check of the files takes four `stat` calls.
+/// snapshot): the files are decoded again only when one of them changed. Decoding them
+/// on every request cost milliseconds at 100 items, inside the Studio actor, so requests
+/// queued behind each other; a check of the files takes four `stat` calls.
 public struct CachedStateReader: Sendable {
     private var signature: [FileSignature] = []
     private var cached: StateDocument?
