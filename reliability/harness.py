@@ -352,6 +352,26 @@ class Ledger:
         return problems
 
 
+def prepared_start(ctx: Context, media: Batch, name: str, count: int) -> Start | None:
+    """A Start named `name` whose outputs already hold the first `count` templates of
+    `media`, rendered and committed by a clean run: the earlier successes every case must
+    keep. The preparation is a case of its own; None when it failed."""
+    folder = ctx.scratch(f"{name}-prepared")
+    with ctx.case(f"{name}: prepare a finished batch of {count}") as case:
+        batch = Batch(audio=media.audio, videos=media.videos, out=folder / "outputs", engine_log=folder / "engine.log")
+        first = sorted(media.videos.glob("*.mp4"))[:count]
+        args = ["run", "--audio", str(media.audio), "--videos", *map(str, first), "--out", str(batch.out),
+                "--engine", "test", "--retry-delay", "0.1"]
+        result = run_talkie(args, env=batch.env(ctx), timeout=180)
+        case.require(result.returncode == 0, f"the preparing run exited {result.returncode}: {result.stderr[-500:]}")
+        ledger = Ledger(batch)
+        for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=count):
+            case.fail(problem)
+        if not case.failures:
+            return Start(name, media, prepared=folder)
+    return None
+
+
 def leftover_processes(tag: str) -> list[str]:
     """Processes still alive whose environment carries this suite's tag: an engine worker,
     ffmpeg or talkie that outlived its run."""

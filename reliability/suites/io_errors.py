@@ -183,47 +183,13 @@ def run(ctx: harness.Context) -> None:
             ctx.note(f"the time budget ended the suite before: {fault.label}")
             break
         if fault.start not in starts:
-            starts[fault.start] = prepare(ctx, media) if fault.start == "part-done" else harness.Start("fresh", media, None)
-            cleans[fault.start] = clean_trace(ctx, starts[fault.start]) if starts[fault.start] else None
+            starts[fault.start] = harness.prepared_start(ctx, media, "part-done", 1) if fault.start == "part-done" else harness.Start("fresh", media, None)
+            cleans[fault.start] = straced.clean_trace(ctx, starts[fault.start], "--json") if starts[fault.start] else None
         if cleans[fault.start] is not None:
             io_case(ctx, starts[fault.start], cleans[fault.start], fault)
     leftovers = harness.wait_for_no_leftovers(ctx.tag, seconds=10)
     if leftovers:
         ctx.failures.append(("leftovers", f"processes left behind: {leftovers}"))
-
-
-def prepare(ctx: harness.Context, media: harness.Batch) -> harness.Start | None:
-    """Template 1 rendered and committed: the earlier success every case must keep."""
-    folder = ctx.scratch("part-done")
-    with ctx.case("prepare a part-done batch") as case:
-        batch = harness.Batch(audio=media.audio, videos=media.videos, out=folder / "outputs", engine_log=folder / "engine.log")
-        first = sorted(media.videos.glob("*.mp4"))[0]
-        result = harness.run_talkie(["run", "--audio", str(media.audio), "--videos", str(first), "--out", str(batch.out),
-                                     "--engine", "test", "--retry-delay", "0.1"], env=batch.env(ctx), timeout=180)
-        case.require(result.returncode == 0, f"the preparing run exited {result.returncode}: {result.stderr[-500:]}")
-        ledger = harness.Ledger(batch)
-        for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=1):
-            case.fail(problem)
-        if not case.failures:
-            return harness.Start("part-done", media, folder)
-    return None
-
-
-def clean_trace(ctx: harness.Context, start: harness.Start):
-    """The calls of a clean traced run from the start state (a case: it must succeed)."""
-    with ctx.case(f"{start.name}: clean traced run") as case:
-        folder = ctx.scratch(f"{start.name}-clean")
-        batch = start.batch(folder)
-        log = folder / "strace.log"
-        result = harness.run_talkie(batch.run_args("--json"), env=batch.env(ctx), timeout=180, prefix=straced.prefix(log))
-        case.require(result.returncode == 0, f"a clean traced run exited {result.returncode}: {result.stderr[-500:]}")
-        ledger = harness.Ledger(batch)
-        for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=3):
-            case.fail(problem)
-        calls = straced.read_calls(log)
-        case.require(len(calls) > 10, f"strace saw only {len(calls)} calls: {log}")
-        return calls, batch.out
-    return None
 
 
 def aim(fault: Fault, calls, out: Path) -> tuple[int, tuple[str, ...], straced.Call]:

@@ -158,6 +158,30 @@ def _result(rest: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+def clean_trace(ctx: harness.Context, start: harness.Start, *run_args: str) -> tuple[list[Call], Path] | None:
+    """The calls of a clean traced `talkie run` from the start state, with `run_args` as the
+    faulted runs will have them (itself a case: it must succeed, render every item once,
+    and keep what the start state held)."""
+    with ctx.case(f"{start.name}: clean traced run") as case:
+        folder = ctx.scratch(f"{start.name}-clean")
+        batch = start.batch(folder)
+        env = batch.env(ctx)
+        ledger = harness.Ledger(batch)
+        if start.prepared is not None:
+            ledger.observe(killed=False, env=env)
+        log = folder / "strace.log"
+        result = harness.run_talkie(batch.run_args(*run_args), env=env, timeout=180, prefix=prefix(log))
+        case.require(result.returncode == 0, f"a clean traced run exited {result.returncode}: {result.stderr[-500:]}")
+        for problem in ledger.observe(killed=False, env=env) + ledger.all_done(env=env, expected=3):
+            case.fail(problem)
+        counts = harness.render_counts(batch.engine_log)
+        case.check(all(value == 1 for value in counts.values()), f"a clean run rendered an item twice: {dict(counts)}")
+        calls = read_calls(log)
+        case.require(len(calls) > 10, f"strace saw only {len(calls)} calls: {log}")
+        return calls, batch.out
+    return None
+
+
 def read_calls(log: Path) -> list[Call]:
     """The traced calls of a strace -f -y log, in the order they started."""
     calls: list[Call] = []

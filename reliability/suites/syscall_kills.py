@@ -82,13 +82,17 @@ def run(ctx: harness.Context) -> None:
         return
     media = harness.small_batch(ctx.scratch("media"), count=3)
     scenarios = [harness.Start("fresh", media)]
-    grown = prepare_grown(ctx, media)
+    grown = harness.prepared_start(ctx, media, "grown", 2)  # the cases run it with all three
     if grown is not None:
         scenarios.append(grown)
     traces = []
     for scenario in scenarios:
-        clean = clean_trace(ctx, scenario)
+        clean = straced.clean_trace(ctx, scenario)
         if clean is not None:
+            calls, out = clean
+            names = straced.per_name_counts(calls, out)
+            ctx.note(f"{scenario.name}: the clean run made " + ", ".join(f"{count} {name}" for name, count in sorted(names.items()))
+                     + f" (most per thread) on {len({call.tid for call in calls})} threads")
             traces.append((scenario, *clean))
 
     points: list[Point] = []
@@ -114,25 +118,6 @@ def run(ctx: harness.Context) -> None:
     leftovers = harness.wait_for_no_leftovers(ctx.tag, seconds=10)
     if leftovers:
         ctx.failures.append(("leftovers", f"processes left behind: {leftovers}"))
-
-
-def prepare_grown(ctx: harness.Context, media: harness.Batch) -> harness.Start | None:
-    """A finished batch of the first two templates; the cases run it with all three."""
-    folder = ctx.scratch("grown-prepared")
-    with ctx.case("grown: prepare a finished batch of 2") as case:
-        batch = harness.Batch(audio=media.audio, videos=media.videos, out=folder / "outputs",
-                              engine_log=folder / "engine.log")
-        first_two = sorted(media.videos.glob("*.mp4"))[:2]
-        args = ["run", "--audio", str(media.audio), "--videos", *map(str, first_two), "--out", str(batch.out),
-                "--engine", "test", "--retry-delay", "0.1"]
-        result = harness.run_talkie(args, env=batch.env(ctx), timeout=180)
-        case.require(result.returncode == 0, f"the preparing run exited {result.returncode}: {result.stderr[-500:]}")
-        ledger = harness.Ledger(batch)
-        for problem in ledger.observe(killed=False, env=batch.env(ctx)) + ledger.all_done(env=batch.env(ctx), expected=2):
-            case.fail(problem)
-        if not case.failures:
-            return harness.Start("grown", media, prepared=folder)
-    return None
 
 
 def wanted_calls(calls: list[straced.Call], out: Path) -> dict[tuple, straced.Call]:
@@ -194,31 +179,6 @@ def fill_in(ctx: harness.Context, scenario: harness.Start, calls: list[straced.C
 def index_among_name(calls: list[straced.Call], target: straced.Call, out: Path) -> int:
     """Which call of that name `target` is (1-based): its when=N."""
     return straced.aim_index(calls, target, out, lambda call: call.name == target.name)
-
-
-def clean_trace(ctx: harness.Context, scenario: harness.Start) -> tuple[list[straced.Call], Path] | None:
-    """The calls of a clean traced run of the scenario (itself a case: it must succeed)."""
-    with ctx.case(f"{scenario.name}: clean traced run") as case:
-        folder = ctx.scratch(f"{scenario.name}-clean")
-        batch = scenario.batch(folder)
-        env = batch.env(ctx)
-        ledger = harness.Ledger(batch)
-        if scenario.prepared is not None:
-            ledger.observe(killed=False, env=env)
-        log = folder / "strace.log"
-        result = harness.run_talkie(batch.run_args(), env=env, timeout=180, prefix=straced.prefix(log))
-        case.require(result.returncode == 0, f"a clean traced run exited {result.returncode}: {result.stderr[-500:]}")
-        for problem in ledger.observe(killed=False, env=env) + ledger.all_done(env=env, expected=3):
-            case.fail(problem)
-        counts = harness.render_counts(batch.engine_log)
-        case.check(all(value == 1 for value in counts.values()), f"a clean run rendered an item twice: {dict(counts)}")
-        calls = straced.read_calls(log)
-        case.require(len(calls) > 10, f"strace saw only {len(calls)} calls: {log}")
-        names = straced.per_name_counts(calls, batch.out)
-        ctx.note(f"{scenario.name}: the clean run made " + ", ".join(f"{count} {name}" for name, count in sorted(names.items()))
-                 + f" (most per thread) on {len({call.tid for call in calls})} threads")
-        return calls, batch.out
-    return None
 
 
 def kill_case(ctx: harness.Context, point: Point, hit: set) -> None:
