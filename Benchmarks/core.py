@@ -25,8 +25,11 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import timing  # Benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = [sys.executable, str(ROOT / "Benchmarks" / "seed_baseline.py")]
@@ -52,8 +55,8 @@ class Timing:
         self.min = min(times)
         self.max = max(times)
 
-    def cell(self, scale: float = 1.0, digits: int = 4) -> str:
-        return f"{fmt(self.median * scale, digits)} ({fmt(self.min * scale, digits)}–{fmt(self.max * scale, digits)})"
+    def cell(self, digits: int = 4) -> str:
+        return f"{fmt(self.median, digits)} ({fmt(self.min, digits)}–{fmt(self.max, digits)})"
 
 
 def fmt(value: float, digits: int = 4) -> str:
@@ -67,24 +70,12 @@ def fmt(value: float, digits: int = 4) -> str:
 
 def hyperfine(commands: dict[str, list[str]], work: Path, runs: int, warmup: int = 1,
               prepare: str | None = None) -> dict[str, Timing]:
-    """Times each command with hyperfine (no shell, output discarded): name -> Timing."""
-    export = work / "hyperfine.json"
-    command = ["hyperfine", "--style", "none", "--export-json", str(export), "--runs", str(runs),
-               "--warmup", str(warmup), "-N"]
-    if prepare:
-        command += ["--prepare", prepare]
-    names = list(commands)
-    for name in names:
-        command += ["-n", name, " ".join(quote(part) for part in commands[name])]
-    run(command)
-    results = json.loads(export.read_text())["results"]
-    return {result["command"]: Timing(result["times"]) for result in results}
-
-
-def quote(part: str) -> str:
-    # hyperfine -N splits the command line like a shell would; our paths have no spaces.
-    assert " " not in part and "'" not in part, part
-    return part
+    """Times each command with hyperfine: name -> Timing."""
+    try:
+        results = timing.hyperfine(commands, work / "hyperfine.json", runs, warmup, prepare)
+    except RuntimeError as error:
+        sys.exit(f"core: {error}")
+    return {name: Timing(result["times"]) for name, result in results.items()}
 
 
 def ratio(baseline: float, ours: float) -> str:
@@ -105,7 +96,7 @@ def random_file(path: Path, mebibytes: int) -> Path:
     return path
 
 
-def hashing(args, bench: Path, talkie_store_benchmarks) -> tuple[list[list[str]], dict]:
+def hashing(args, bench: Path) -> tuple[list[list[str]], dict]:
     big_mib, many, each_mib = (64, 10, 4) if args.quick else (1024, 100, 50)
     data = args.work / "hash-data"
     log(f"hashing: making {big_mib} MiB + {many} × {each_mib} MiB of random data")
@@ -134,9 +125,6 @@ def hashing(args, bench: Path, talkie_store_benchmarks) -> tuple[list[list[str]]
         rows.append([f"hash {label}, GiB/s vs `md5sum` and `cat`", cell("talkie"),
                      f"md5sum: {cell('md5sum')}; cat: {cell('cat')}",
                      f"{speed['talkie'] / speed['md5sum']:.1f}× md5sum; {speed['talkie'] / speed['cat']:.2f}× cat", "–", "–"])
-    in_process = talkie_store_benchmarks.get("hash")
-    if in_process:
-        figures["in_process"] = in_process
     return rows, figures
 
 
@@ -173,7 +161,7 @@ def restart(args, talkie: str, bench: Path) -> tuple[list[list[str]], dict]:
     rows = [
         [f"first start, finished batch of {items} inputs ({fmt(gib, 3)} GiB), s", first.cell(), f"seed restart: {seed.cell()}",
          f"{ratio(seed.median, first.median)} faster", "–", "–"],
-        [f"warm restart, same batch, s", warm.cell(), f"seed restart: {seed.cell()}",
+        ["warm restart, same batch, s", warm.cell(), f"seed restart: {seed.cell()}",
          f"{ratio(seed.median, warm.median)} faster", "< 0.5 s; ≥ 50×",
          f"{yes(warm.median < 0.5)}; {yes(seed.median / warm.median >= 50)}"],
     ]
@@ -253,15 +241,17 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def peak_rss_mib(command: list[str], env: dict | None = None) -> tuple[float, str]:
-    """Runs `command` and returns its peak resident memory (wait4's ru_maxrss) and stdout."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    out, err = "", ""
-    _, status, usage = os.wait4(process.pid, 0)
-    out, err = process.stdout.read(), process.stderr.read()
-    process.returncode = os.waitstatus_to_exitcode(status)
+    """Runs `command` and returns its peak resident memory (wait4's ru_maxrss) and stdout.
+    Its output goes to files: a pipe nobody reads while waiting could fill and stall it."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
-        sys.exit(f"core: {' '.join(command[:3])} failed: {out[-1500:]}{err[-1500:]}")
-    return usage.ru_maxrss / 1024, out
+        sys.exit(f"core: {' '.join(command[:3])} failed: {stdout[-1500:]}{stderr[-1500:]}")
+    return usage.ru_maxrss / 1024, stdout
 
 
 def memory(args, talkie: str, bench: Path) -> tuple[list[list[str]], dict]:
@@ -354,7 +344,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     sections = {}
-    hash_rows, hash_figures = hashing(args, args.bench_bin, {})
+    hash_rows, hash_figures = hashing(args, args.bench_bin)
     store = store_benchmarks(args, args.work)
     if "hash" in store:
         hash_figures["in_process_xxh3_big_file"] = store["hash"]

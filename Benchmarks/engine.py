@@ -34,6 +34,8 @@ import threading
 import time
 import traceback
 
+import timing  # Benchmarks/timing.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = os.path.join(ROOT, "engines")
 CLASSIC = os.path.join(ENGINES, "classic")
@@ -169,16 +171,10 @@ def make_looped(work: str, short_path: str, short_seconds: float, times: int) ->
 
 
 # ---------------------------------------------------------------------------- the floor
-def hyperfine(name: str, command: list[str], runs: int, export: str) -> dict:
-    cmd = ["hyperfine", "--shell=none", "--warmup", "1", "--runs", str(runs), "--style", "none",
-           "--export-json", export, "-n", name, shlex.join(command)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"hyperfine failed ({name}): {p.stderr.strip()[-500:]}")
-    with open(export) as f:
-        r = json.load(f)["results"][0]
-    return {"command": shlex.join(command), "median": r["median"], "min": r["min"], "max": r["max"],
-            "mean": r["mean"], "times": r["times"], "cpu": r["user"] + r["system"]}
+def floor_time(name: str, command: list[str], runs: int, export: str) -> dict:
+    """hyperfine's figures for one floor command, with the command line that was timed."""
+    result = timing.hyperfine({name: command}, export, runs)[name]
+    return {key: result[key] for key in ("median", "min", "max", "mean", "times", "cpu")} | {"command": shlex.join(command)}
 
 
 def floor_commands(template: str, narration: str, duration: float, width: int, height: int, out: str):
@@ -457,8 +453,8 @@ def main() -> int:
                     dec, enc = floor_commands(templates[name], narration, seconds, t["input"]["width"],
                                               t["input"]["height"], floor_out)
                     log(f"{labels[name]}: ffmpeg floor (hyperfine, warmup 1, {runs} runs)")
-                    t["floor_decode"] = hyperfine(f"decode {name}", dec, runs, os.path.join(work, f"hf-decode-{name}.json"))
-                    t["floor_encode"] = hyperfine(f"encode {name}", enc, runs, os.path.join(work, f"hf-encode-{name}.json"))
+                    t["floor_decode"] = floor_time(f"decode {name}", dec, runs, os.path.join(work, f"hf-decode-{name}.json"))
+                    t["floor_encode"] = floor_time(f"encode {name}", enc, runs, os.path.join(work, f"hf-encode-{name}.json"))
                     t["floor_output"] = ffprobe_video(floor_out)
                     eo, fo = x264_options(os.path.join(work, "out", f"engine-{name}.mp4")), x264_options(floor_out)
                     t["x264_options_engine"], t["x264_options_floor"] = eo, fo

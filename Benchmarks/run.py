@@ -116,7 +116,7 @@ def main() -> int:
              "Every figure is measured side by side with its baseline, in the same run on the same machine,",
              "and given as a ratio. Medians of several runs, with min–max in brackets. A target that is",
              "missed says **no**; the reason is in the section's notes.", "",
-             f"Regenerate: `scripts/bench.sh` (installs what is missing, builds in release mode, runs every",
+             "Regenerate: `scripts/bench.sh` (installs what is missing, builds in release mode, runs every",
              f"section and rewrites this file; `scripts/bench.sh core` runs one section). Measured {today}:", "",
              *machine(), "",
              "This run: " + ", ".join(f"{name} {took[name]:.0f} s" for name in sections) + ".", ""]
