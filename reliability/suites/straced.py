@@ -42,6 +42,15 @@ def missing_tools() -> list[str]:
     return [name for name in ("strace", "taskset") if shutil.which(name) is None]
 
 
+def tools_ready(ctx: harness.Context) -> bool:
+    """True when strace and taskset are here; otherwise a failed case says what to install."""
+    missing = missing_tools()
+    if missing:
+        with ctx.case("tools") as case:
+            case.fail(f"{', '.join(missing)} not installed (apt-get install strace util-linux)")
+    return not missing
+
+
 def pinned_cpu() -> int:
     """The CPU talkie is pinned to: the last one this process may use."""
     return max(os.sched_getaffinity(0))

@@ -75,10 +75,7 @@ def rank(call: straced.Call | None, out: Path) -> int:
 
 
 def run(ctx: harness.Context) -> None:
-    missing = straced.missing_tools()
-    if missing:
-        with ctx.case("tools") as case:
-            case.fail(f"{', '.join(missing)} not installed (apt-get install strace util-linux)")
+    if not straced.tools_ready(ctx):
         return
     media = harness.small_batch(ctx.scratch("media"), count=3)
     scenarios = [harness.Start("fresh", media)]
