@@ -89,6 +89,10 @@ def main() -> int:
 
 
 def print_table(results: list[dict], mode: str, seed: int) -> None:
+    """The suites' notes, then the table, whose last line is the run's summary."""
+    for result in results:
+        for note in result["notes"]:
+            print(f"note ({result['suite']}): {note}")
     print()
     print("| suite | what it tries | cases | failures | seconds |")
     print("|---|---|---:|---:|---:|")
@@ -98,9 +102,6 @@ def print_table(results: list[dict], mode: str, seed: int) -> None:
     total_failures = sum(result["failures"] for result in results)
     total_seconds = sum(result["seconds"] for result in results)
     print(f"| **all** ({mode}, seed {seed}) | | {total_cases} | {total_failures} | {total_seconds:.0f} |")
-    for result in results:
-        for note in result["notes"]:
-            print(f"note ({result['suite']}): {note}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the engines' pytest suites, the
-# Swift Testing suites (unit, store crash/corruption, end-to-end with the real binary), then
-# the bounded (--quick) version of every reliability suite (scripts/reliability.sh), and every
+# Swift Testing suites (unit, store crash/corruption, end-to-end with the real binary), every
 # benchmark at tiny sizes (scripts/bench.sh --quick; its figures mean nothing, it only proves
-# they still run).
+# they still run), then the bounded (--quick) version of every reliability suite
+# (scripts/reliability.sh), whose table of cases and failures ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
@@ -18,8 +18,8 @@ if [ -x .venv/bin/python ]; then
 fi
 printf '\033[1m==> Swift tests\033[0m\n'
 swift test --skip-build --disable-xctest || status=$?
-printf '\033[1m==> reliability suites, bounded (scripts/reliability.sh --quick)\033[0m\n'
-.venv/bin/python -m reliability --quick || status=$?
 printf '\033[1m==> benchmarks, tiny sizes, so none rots (scripts/bench.sh --quick)\033[0m\n'
 .venv/bin/python Benchmarks/run.py --quick || status=$?
+printf '\033[1m==> reliability suites, bounded (scripts/reliability.sh --quick)\033[0m\n'
+.venv/bin/python -m reliability --quick || status=$?
 exit $status
