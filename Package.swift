@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.35.2"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // Debian's libxxhash-dev (XXH3-128), reached through a module map.
@@ -44,9 +46,16 @@ let package = Package(
         .target(name: "TalkieRunner", dependencies: [
             "TalkieCore", "TalkieStore", "TalkieMedia", "TalkieEngine",
         ], swiftSettings: settings),
+        // Cluster mode: the batch's items in PostgreSQL, claimed under leases by workers on
+        // many machines; schema migrations, export and import.
+        .target(name: "TalkieCluster", dependencies: [
+            "TalkieRunner",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: settings),
         // The studio: HTTP API, WebSocket, uploads, downloads, the page (web/).
         .target(name: "TalkieServer", dependencies: [
-            "TalkieRunner", "CZlib",
+            "TalkieRunner", "TalkieCluster", "CZlib",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
@@ -55,7 +64,7 @@ let package = Package(
             .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
         ]),  // Hummingbird's middleware protocol expects today's default isolation.
         .executableTarget(name: "talkie", dependencies: [
-            "TalkieRunner", "TalkieServer",
+            "TalkieRunner", "TalkieServer", "TalkieCluster",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: settings),
         .testTarget(name: "TalkieCoreTests", dependencies: ["TalkieCore"], swiftSettings: settings),
@@ -66,5 +75,6 @@ let package = Package(
             .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         ], swiftSettings: settings),
         .testTarget(name: "TalkieRunnerTests", dependencies: ["TalkieRunner"], swiftSettings: settings),
+        .testTarget(name: "TalkieClusterTests", dependencies: ["TalkieCluster"], swiftSettings: settings),
     ]
 )

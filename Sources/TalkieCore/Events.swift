@@ -176,3 +176,60 @@ extension BatchEvent {
         return body == "{}" ? head + "}" : head + "," + body.dropFirst()
     }
 }
+
+extension TimedEvent {
+    /// Parses a line `jsonLine` wrote (events that crossed a process or machine boundary:
+    /// cluster workers' events reach pages and `talkie run --store` this way). Nil for a
+    /// line that is not such an event.
+    public init?(jsonLine line: String) {
+        guard let value = try? JSONDecoder().decode(JSONValue.self, from: Data(line.utf8)),
+              case .object(let fields) = value, case .string(let stamp)? = fields["time"],
+              let time = try? Date(stamp, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)),
+              let event = BatchEvent(fields: fields) else { return nil }
+        self.init(time: time, event: event)
+    }
+}
+
+extension BatchEvent {
+    /// The event `fields` describes (the inverse of `fields`), or nil.
+    public init?(fields: [String: JSONValue]) {
+        func string(_ name: String) -> String? { if case .string(let value)? = fields[name] { value } else { nil } }
+        func number(_ name: String) -> Double? { if case .number(let value)? = fields[name] { value } else { nil } }
+        func int(_ name: String) -> Int { Int(number(name) ?? 0) }
+        let key = string("key").flatMap(ItemKey.init(id:))
+        let name = string("name") ?? key?.short ?? ""
+        switch string("event") {
+        case "batch_started":
+            self = .batchStarted(total: int("total"), toRender: int("to_render"), settings: string("settings") ?? "")
+        case "item_queued":
+            guard let key else { return nil }
+            self = .itemQueued(key: key, name: name)
+        case "item_started":
+            guard let key else { return nil }
+            self = .itemStarted(key: key, name: name, attempt: int("attempt"), device: string("device"))
+        case "item_progress":
+            guard let key else { return nil }
+            self = .itemProgress(key: key, progress: RenderProgress(
+                frame: int("frame"), frames: int("frames"), unit: string("unit").flatMap(RenderProgress.Unit.init) ?? .frames,
+                stage: string("stage")))
+        case "item_succeeded":
+            guard let key, let output = string("output") else { return nil }
+            self = .itemSucceeded(key: key, name: name, output: output, seconds: number("seconds") ?? 0, score: number("score"))
+        case "item_failed":
+            guard let key else { return nil }
+            let error = ItemError(kind: string("kind").flatMap(FailureKind.init) ?? .transient, message: string("message") ?? "")
+            self = .itemFailed(key: key, name: name, error: error, willRetry: fields["will_retry"] == .bool(true))
+        case "item_stopped":
+            guard let key else { return nil }
+            self = .itemStopped(key: key, name: name)
+        case "warning":
+            self = .warning(string("message") ?? "")
+        case "batch_finished":
+            self = .batchFinished(BatchSummary(total: int("total"), succeeded: int("succeeded"), failed: int("failed"),
+                                               pending: int("pending"), renderedThisRun: int("rendered"),
+                                               interrupted: fields["interrupted"] == .bool(true)))
+        default:
+            return nil
+        }
+    }
+}

@@ -257,89 +257,31 @@ public actor BatchRunner {
         emit(.itemStarted(key: key, name: name(of: item), attempt: item.state.attempts, device: device))
         let started = Date()
 
-        // Media checks before any engine time is spent.
-        guard let video = item.names.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
-            try fail(&item, ItemError(kind: .input, message: "the template \(item.names.first ?? key.short) is no longer there; put it back or remove it from the batch"))
-            return
-        }
-        if item.media == nil {
-            do {
-                let summary = try MediaProbe.validateTemplate(try await MediaProbe.probe(video), path: video)
-                try await MediaProbe.checkFirstFrame(video)
-                item.media = summary
-            } catch {
-                try Task.checkCancellation()
-                // ffprobe that could not even start (a busy machine) is not the template's fault.
-                let kind: FailureKind = error.code == "media.tool_missing" ? .transient : .input
-                try fail(&item, ItemError(kind: kind, message: error.message))
-                return
-            }
-        }
-
         let logPath = path(".talkie/logs/\(key.id).log")
         sink.redirect(to: logPath)
         defer { sink.redirect(to: nil) }
-        // Unique per attempt: a worker orphaned by a killed run can never write over this one's file.
-        let engineOutput = path(".talkie/tmp/\(key.id)-\(UUID().uuidString.prefix(8)).engine.mp4")
-        var params = settings.engineParams
-        if config.contactSheets { params["contact_sheet"] = .bool(true) }
-        let job = RenderJob(id: "\(key.id)-\(item.state.attempts)", video: video, audio: audio.path, output: engineOutput,
-                            itemKey: key, params: params, cacheDirectory: path(".talkie/cache/\(settings.engine)"),
-                            duration: audio.duration)
-        let outcome: RenderOutcome
         activeGroups[key] = session.processGroup
         defer { activeGroups[key] = nil }
-        do {
-            outcome = try await session.render(job, timeout: config.timeout(forDuration: audio.duration),
-                                               progress: { report in self.progress(key, report) },
-                                               log: { line in self.appendToLog(logPath, line) })
-        } catch {
-            if Task.isCancelled { try stop(&item); throw CancellationError() }
-            if skipRequested.remove(key) != nil {
-                try item.state.apply(.skip)
-                item.finishedAt = Date()
-                try store.commit([item])
-                emit(.itemFailed(key: key, name: name(of: item), error: item.state.lastError!, willRetry: false))
-            } else {
-                try fail(&item, ItemError(kind: .transient, message: error.message))
-            }
-            throw error
-        }
+        let outcome = await renderer.render(&item, session: session, audio: audio,
+                                            progress: { report in self.progress(key, report) },
+                                            log: { line in ItemRenderer.appendLine(line, to: logPath) })
         switch outcome {
         case .stopped:
             try stop(&item)
             throw CancellationError()
         case .failed(let error):
             try fail(&item, error)
-        case .done(_, let score):
-            let tags = OutputTags(itemKey: key.id, settingsFingerprint: settings.fingerprint, templateName: name(of: item))
-            let outputFile = outputName(for: item)
-            let staged = engineOutput.replacingOccurrences(of: ".engine.mp4", with: ".mp4")
-            do {
-                try await OutputFinisher.stamp(engineOutput: engineOutput, tags: tags, destination: staged)
-                try await OutputFinisher.verify(staged, expectedDuration: audio.duration, tags: tags)
-            } catch {
-                if Task.isCancelled { try stop(&item); throw CancellationError() }
-                try fail(&item, ItemError(kind: .transient, message: "the engine's output was rejected: \(error.message)"))
-                return
+        case .workerLost(let error, let cause):
+            if skipRequested.remove(key) != nil {
+                try item.state.apply(.skip)
+                item.finishedAt = Date()
+                try store.commit([item])
+                emit(.itemFailed(key: key, name: name(of: item), error: item.state.lastError!, willRetry: false))
+            } else {
+                try fail(&item, error)
             }
-            do { try publish(staged, as: path(outputFile)) } catch {
-                if Task.isCancelled { try stop(&item); throw CancellationError() }
-                // Never a success on an unconfirmed write: this attempt fails and a new render
-                // writes a new file. If the disk is really failing, the journal's own sync
-                // stops the run.
-                let reason = switch error {
-                case .syncFailed(let file, let code): "the disk did not confirm the output \(file) (\(String(cString: strerror(code))))"
-                default: error.message
-                }
-                try fail(&item, ItemError(kind: .transient, message: "the output could not be made durable: \(reason)"))
-                return
-            }
-            unlink(engineOutput)
-            let sheet = (engineOutput as NSString).deletingPathExtension + ".contact.png"
-            if FileManager.default.fileExists(atPath: sheet) {
-                rename(sheet, path((outputFile as NSString).deletingPathExtension + ".contact.png"))
-            }
+            throw cause
+        case .succeeded(let outputFile, let score):
             try item.state.apply(.succeed(output: outputFile, settingsFingerprint: settings.fingerprint))
             item.score = score
             item.finishedAt = Date()
@@ -374,34 +316,14 @@ public actor BatchRunner {
         emit(.itemStopped(key: item.key, name: name(of: item)))
     }
 
-    /// Makes the verified output durable under its final name: fsync the file, rename it
-    /// into place, fsync the folder. Only then may the success be committed.
-    private func publish(_ staged: String, as final: String) throws(StoreError) {
-        let fd = open(staged, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io("cannot open the output", path: staged, errno: errno) }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw .syncFailed(path: staged, errno: errno) }
-        guard rename(staged, final) == 0 else { throw .io("cannot move the output into place", path: final, errno: errno) }
-        let folder = open((final as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard folder >= 0 else { throw .io("cannot open the output folder", path: final, errno: errno) }
-        defer { close(folder) }
-        guard fsync(folder) == 0 else { throw .syncFailed(path: final, errno: errno) }
+    /// Renders items with this run's settings.
+    private var renderer: ItemRenderer {
+        ItemRenderer(outputs: config.outputs, settings: settings, contactSheets: config.contactSheets,
+                     itemTimeout: config.itemTimeout, displayNames: config.displayNames)
     }
 
-    /// `<template name>.<key>.mp4`: readable, and unique per content so no two items (or
-    /// machines) ever write the same file.
     /// What a person calls an item: the name it was uploaded under, else its file name.
-    private func name(of item: Item) -> String {
-        item.names.first.flatMap { config.displayNames[$0] } ?? item.displayName
-    }
-
-    private func outputName(for item: Item) -> String {
-        var stem = name(of: item)
-        stem = (stem as NSString).deletingPathExtension
-        stem = String(stem.map { $0 == "/" || $0.isNewline || $0.asciiValue.map { $0 < 32 } == true ? "_" : $0 }.prefix(80))
-        if stem.hasPrefix("-") || stem.hasPrefix(".") || stem.isEmpty { stem = "_" + stem }
-        return "\(stem).\(item.key.short).mp4"
-    }
+    private func name(of item: Item) -> String { renderer.name(of: item) }
 
     // MARK: - Recovery helpers
 
@@ -466,13 +388,6 @@ public actor BatchRunner {
             return true
         }
         if send { continuation.yield(TimedEvent(time: now, event: .itemProgress(key: key, progress: report))) }
-    }
-
-    private nonisolated func appendToLog(_ path: String, _ line: String) {
-        guard let handle = FileHandle(forWritingAtPath: path) else { return }
-        defer { try? handle.close() }
-        _ = try? handle.seekToEnd()
-        try? handle.write(contentsOf: Data((line + "\n").utf8))
     }
 
     private func summarize(interrupted: Bool) -> BatchSummary {

@@ -48,6 +48,9 @@ public struct Reconciler {
     public var retry: RetryRequest?
     /// Names people gave template paths (the studio's uploads); the queue is sorted by them.
     public var displayNames: [String: String] = [:]
+    /// A running item is a live worker's (cluster mode: it holds a lease) rather than one a
+    /// dead run left behind; it is left alone.
+    public var runningHoldsLease = false
 
     /// Creates a reconciler.
     public init(audio: ContentHash, audioPath: String, settingsFingerprint: String, maxAttempts: Int, retry: RetryRequest?) {
@@ -67,7 +70,7 @@ public struct Reconciler {
         var changed: [ItemKey: Item] = [:]
 
         // Items the previous run left running were interrupted, whichever batch they belong to.
-        for (key, item) in stored where item.state.status == .running {
+        for (key, item) in stored where item.state.status == .running && !runningHoldsLease {
             var next = item
             try? next.state.apply(.interrupted(maxAttempts: maxAttempts))
             changed[key] = next

@@ -73,6 +73,6 @@ public struct RunConfiguration: Sendable {
     /// The timeout of an item whose narration lasts `duration` seconds: two minutes to load,
     /// plus a minute per second of media (a CPU engine at a few frames per second fits).
     public func timeout(forDuration duration: Double) -> Double {
-        itemTimeout ?? 120 + 60 * duration
+        ItemRenderer.timeout(forDuration: duration, itemTimeout: itemTimeout)
     }
 }

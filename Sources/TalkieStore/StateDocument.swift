@@ -59,16 +59,18 @@ struct JournalRecord: Codable, Equatable {
     var batch: BatchInputs?
 }
 
-/// JSON coding of state, shared by snapshot and journal so both read the same way.
-enum StateCoding {
-    static func encoder(pretty: Bool) -> JSONEncoder {
+/// The JSON form of every stored record (state files, the journal, the cluster's rows).
+public enum StateCoding {
+    /// An encoder: ISO 8601 dates, sorted keys; `pretty` for files people read.
+    public static func encoder(pretty: Bool) -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
         return encoder
     }
 
-    static let decoder: JSONDecoder = {
+    /// The matching decoder.
+    public static let decoder: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return decoder

@@ -55,10 +55,16 @@ struct Talkie: AsyncParsableCommand {
           talkie engines     (what can render, and what each needs)
           talkie doctor      (what is missing, and the fix)
 
+        Cluster mode (many machines, one batch in PostgreSQL; see README "Cluster"):
+          talkie run --store postgres://talkie@db/talkie --out /shared/out --audio /shared/n.wav --videos /shared/templates
+          talkie worker --store postgres://talkie@db/talkie --gpus 0,1     (on every GPU machine)
+          talkie status --store postgres://talkie@db/talkie
+
         Exit codes: 0 all done, 1 some items failed, 2 bad arguments or unusable
         workspace, 3 interrupted (run the same command again to continue).
         """,
         version: version,
-        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Engines.self, Doctor.self]
+        subcommands: [Run.self, Status.self, Retry.self, Reset.self, Serve.self, Demo.self, Engines.self, Doctor.self,
+                      Worker.self, Pause.self, Stop.self, StoreCommand.self]
     )
 }

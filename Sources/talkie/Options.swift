@@ -41,6 +41,15 @@ struct BatchOptions: ParsableArguments {
     @Flag(name: .long, help: "Print one JSON event per line (for scripts).")
     var json = false
 
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: queue the batch in this PostgreSQL database for `talkie worker`s on any machine, postgres://USER@HOST[:PORT]/DATABASE; --out and the inputs must be on storage every machine sees at the same path.", valueName: "url"))
+    var store: String?
+
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: seconds a worker's claim lives without a heartbeat; then its item is taken again.", valueName: "seconds"))
+    var leaseSeconds: Double = 30
+
+    @Flag(name: .long, help: "Cluster mode: return once the batch is queued instead of following it to its end.")
+    var detach = false
+
     func validate() throws {
         guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64") }
         if let gpus {
@@ -50,6 +59,11 @@ struct BatchOptions: ParsableArguments {
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay cannot be negative") }
         if let itemTimeout, itemTimeout <= 0 { throw ValidationError("--item-timeout must be positive") }
+        if store != nil, slots != 1 || gpus != nil {
+            throw ValidationError("with --store the workers render: give --slots/--gpus to `talkie worker` on each machine")
+        }
+        guard leaseSeconds >= 1 else { throw ValidationError("--lease-seconds must be at least 1") }
+        if detach && store == nil { throw ValidationError("--detach is for cluster mode (--store)") }
         try validateParams(params)
         let problems = overrides.applied(to: RenderSettings()).problems()
         if !problems.isEmpty { throw ValidationError(problems.joined(separator: "; ")) }

@@ -25,7 +25,12 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var batch: BatchOptions
 
     func run() async throws {
-        try await BatchCommand.execute(batch.configuration(audio: audio, videos: videos, retry: nil), json: batch.json)
+        let configuration = batch.configuration(audio: audio, videos: videos, retry: nil)
+        if let store = batch.store {
+            try await ClusterRunCommand.execute(configuration, options: batch, url: store)
+        } else {
+            try await BatchCommand.execute(configuration, json: batch.json)
+        }
     }
 }
 
@@ -54,7 +59,12 @@ struct Retry: AsyncParsableCommand {
 
     func run() async throws {
         let request: RetryRequest = failed ? .failed : .otherSettings
-        try await BatchCommand.execute(batch.configuration(audio: nil, videos: [], retry: request), json: batch.json)
+        let configuration = batch.configuration(audio: nil, videos: [], retry: request)
+        if let store = batch.store {
+            try await ClusterRunCommand.execute(configuration, options: batch, url: store)
+        } else {
+            try await BatchCommand.execute(configuration, json: batch.json)
+        }
     }
 }
 

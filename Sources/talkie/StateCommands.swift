@@ -9,12 +9,24 @@ struct Status: AsyncParsableCommand {
         discussion: "Reads the state without changing it; safe while a run is going on.")
 
     @Option(name: .long, help: ArgumentHelp("The output folder.", valueName: "folder"))
-    var out: String
+    var out: String?
+
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: the PostgreSQL database (instead of --out).", valueName: "url"))
+    var store: String?
 
     @Flag(name: .long, help: "Print the state as JSON.")
     var json = false
 
+    func validate() throws {
+        guard (out == nil) != (store == nil) else { throw ValidationError("give --out FOLDER, or --store URL for a cluster") }
+    }
+
     func run() async throws {
+        if let store {
+            try await clusterCommand(store) { cluster in try await ClusterStatus.show(cluster, json: json) }
+            return
+        }
+        guard let out else { return }
         let folder = URL(fileURLWithPath: out).standardizedFileURL.path
         guard FileManager.default.fileExists(atPath: folder) else {
             FileHandle.standardError.write(Data("error: \(out) does not exist; there is no batch there yet\n".utf8))
@@ -91,16 +103,28 @@ struct Reset: AsyncParsableCommand {
         discussion: "The previous state is kept as task_status.json.bak. The next run renders everything again.")
 
     @Option(name: .long, help: ArgumentHelp("The output folder.", valueName: "folder"))
-    var out: String
+    var out: String?
+
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: the PostgreSQL database (instead of --out); items a worker holds are kept.", valueName: "url"))
+    var store: String?
 
     @Flag(name: .long, help: "Confirm: yes, forget the state.")
     var yes = false
 
     func validate() throws {
+        guard (out == nil) != (store == nil) else { throw ValidationError("give --out FOLDER, or --store URL for a cluster") }
         guard yes else { throw ValidationError("reset forgets which items are done (outputs are kept); add --yes to confirm") }
     }
 
     func run() async throws {
+        if let store {
+            try await clusterCommand(store) { cluster in
+                let count = try await cluster.reset()
+                print("forgot \(count) items; outputs are kept")
+            }
+            return
+        }
+        guard let out else { return }
         let folder = URL(fileURLWithPath: out).standardizedFileURL.path
         do {
             let lock = try StoreLock(folder: folder)
