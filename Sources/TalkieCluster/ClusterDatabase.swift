@@ -60,7 +60,7 @@ public final class ClusterDatabase: Sendable {
         let connection = try await take()
         do {
             let result = try await body(connection)
-            give(connection)
+            await give(connection)
             return result
         } catch {
             try? await connection.close()
@@ -132,13 +132,14 @@ public final class ClusterDatabase: Sendable {
         }
     }
 
-    private func give(_ connection: PostgresConnection) {
-        guard !connection.isClosed else { return }
-        let extra = idle.withLock { idle -> PostgresConnection? in
-            if idle.count < 4 { idle.append(connection); return nil }
-            return connection
+    /// Keeps a healthy connection for the next caller (up to 16, one per concurrent use).
+    private func give(_ connection: PostgresConnection) async {
+        let kept = idle.withLock { idle -> Bool in
+            guard idle.count < 16 else { return false }
+            idle.append(connection)
+            return true
         }
-        if let extra { extra.close().whenComplete { _ in } }
+        if !kept { try? await connection.close() }
     }
 
     /// A database error as a `ClusterError` a user can act on.

@@ -170,7 +170,7 @@ struct StoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store",
         abstract: "Cluster mode: create or migrate the database's schema; move a batch between an output folder and PostgreSQL.",
-        subcommands: [Migrate.self, Export.self, Import.self])
+        subcommands: [Migrate.self, Export.self, Import.self, Benchmark.self])
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create the cluster's tables, or migrate them to this Talkie's schema.")
@@ -218,6 +218,56 @@ struct StoreCommand: AsyncParsableCommand {
                 let folder = URL(fileURLWithPath: out).standardizedFileURL.path
                 let count = try await ClusterBatchCommands.importState(cluster, from: folder)
                 print("imported \(count) items from \(out)/task_status.json")
+            }
+        }
+    }
+}
+
+extension StoreCommand {
+    struct Benchmark: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure how fast a database hands out work: items claimed and committed per second, no engine.",
+            discussion: """
+            Runs on an empty database (createdb talkie_bench) and leaves it empty. Each
+            worker count runs in turn; each worker is a claimer with its own connection,
+            as a `talkie worker` process has.
+              talkie store benchmark --store postgres://talkie@db/talkie_bench --workers 1,2,4,8
+            """)
+
+        @OptionGroup var store: StoreOption
+
+        @Option(name: .long, help: ArgumentHelp("Worker counts to measure, in turn.", valueName: "list"))
+        var workers: String = "1,2,4,8"
+
+        @Option(name: .long, help: ArgumentHelp("Items per measurement.", valueName: "n"))
+        var items: Int = 2000
+
+        @Flag(name: .long, help: "Print one JSON object per measurement.")
+        var json = false
+
+        func validate() throws {
+            guard items >= 1 else { throw ValidationError("--items must be at least 1") }
+            guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 && $0 <= 256 }) else {
+                throw ValidationError("--workers must list counts between 1 and 256, e.g. 1,2,4,8")
+            }
+        }
+
+        private var counts: [Int] { workers.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+        func run() async throws {
+            try await clusterCommand(store.store) { cluster in
+                for count in counts {
+                    let result = try await ClaimBenchmark.run(cluster, workers: count, items: items)
+                    if json {
+                        let encoder = JSONEncoder()
+                        encoder.outputFormatting = [.sortedKeys]
+                        print(String(decoding: try encoder.encode(result), as: UTF8.self))
+                    } else {
+                        print(String(format: "%3d workers: %6d items in %6.2f s, %8.1f items/s; claim p50 %.2f ms p99 %.2f ms; commit p50 %.2f ms p99 %.2f ms; %d claimed twice",
+                                     result.workers, result.items, result.seconds, result.itemsPerSecond, result.claimP50,
+                                     result.claimP99, result.commitP50, result.commitP99, result.duplicates))
+                    }
+                }
             }
         }
     }
