@@ -75,6 +75,8 @@ let package = Package(
             .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
         ], swiftSettings: settings),
         .testTarget(name: "TalkieRunnerTests", dependencies: ["TalkieRunner"], swiftSettings: settings),
-        .testTarget(name: "TalkieClusterTests", dependencies: ["TalkieCluster"], swiftSettings: settings),
+        .testTarget(name: "TalkieClusterTests", dependencies: [
+            "TalkieCluster", .product(name: "PostgresNIO", package: "postgres-nio"),
+        ], swiftSettings: settings),
     ]
 )
