@@ -2,7 +2,7 @@ import PostgresNIO
 
 /// The cluster's tables, created and migrated by Talkie itself. Each entry of `migrations`
 /// takes the schema from its index to the next version; `talkie_schema` holds the version.
-/// Only `talkie serve`, `talkie run` and `talkie store migrate` migrate; a worker checks that
+/// Only `talkie run --store` and `talkie store migrate` migrate; a worker checks that
 /// the version is exactly its own and refuses to start otherwise.
 public enum ClusterSchema {
     /// The schema this Talkie reads and writes.
@@ -74,7 +74,7 @@ public enum ClusterSchema {
         let logger = database.queryLogger
         let found = try await database.withConnection { connection in try await version(connection, logger: logger) }
         guard let found, found > 0 else {
-            throw ClusterError(code: "cluster.schema", message: "the database at \(database.displayURL) has no Talkie schema yet; start `talkie serve --store`, `talkie run --store` or `talkie store migrate --store` once to create it")
+            throw ClusterError(code: "cluster.schema", message: "the database at \(database.displayURL) has no Talkie schema yet; run `talkie store migrate --store URL` (or `talkie run --store URL …`) once to create it")
         }
         if found > current { throw tooNew(found, database) }
         if found < current {

@@ -39,7 +39,7 @@ struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Render a cluster's batch on this machine: claim items from PostgreSQL under leases, one engine worker per GPU.",
         discussion: """
-        Start one on every GPU machine; `talkie run --store` or `talkie serve --store`
+        Start one on every GPU machine; `talkie run --store`
         gives them a batch. The output folder and the inputs must be on storage every
         machine sees at the same path (NFS or SMB). A worker that dies loses its lease
         after the batch's lease time and its item is rendered again elsewhere; if it wakes
