@@ -13,9 +13,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # 1. Debian packages.
 APT_PACKAGES=(ffmpeg espeak-ng libxxhash-dev zlib1g-dev xxhash python3 python3-venv python3-pip pkg-config procps)
-# The tests also use strace, a real headless browser, and FUSE (the power-loss suite); the
+# The tests also use strace, a real headless browser, FUSE (the power-loss suite) and
+# PostgreSQL (the cluster tests, on a private instance: scripts/postgres.sh); the
 # benchmarks (their --quick run is part of the tests) hyperfine and wrk.
-[ $WITH_TESTS -eq 1 ] && APT_PACKAGES+=(strace curl chromium chromium-driver fonts-wqy-microhei fuse3 hyperfine wrk)
+[ $WITH_TESTS -eq 1 ] && APT_PACKAGES+=(strace curl chromium chromium-driver fonts-wqy-microhei fuse3 postgresql hyperfine wrk)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -9,11 +9,16 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
+# The cluster tests' database: a private PostgreSQL instance (not the system's cluster).
+scripts/postgres.sh start
+export TALKIE_TEST_POSTGRES="$(scripts/postgres.sh url)"
+
 status=0
 if [ -x .venv/bin/python ]; then
-    printf '\033[1m==> engine and studio tests (pytest: engines, OpenAPI conformance, headless Chromium)\033[0m\n'
+    printf '\033[1m==> engine, studio and cluster tests (pytest: engines, OpenAPI conformance, headless Chromium, PostgreSQL cluster)\033[0m\n'
     suites=(engines/tests)
     [ -d tests/studio ] && suites+=(tests/studio)
+    [ -d tests/cluster ] && suites+=(tests/cluster)
     TALKIE_SCREENSHOTS="${TALKIE_SCREENSHOTS:-$PWD/.build/screenshots}" .venv/bin/python -m pytest -q "${suites[@]}" || status=$?
 fi
 printf '\033[1m==> Swift tests\033[0m\n'

@@ -128,7 +128,7 @@ public enum ClusterBatchCommands {
                 if !error.isOutage { throw error }
                 note("\(error.message); waiting for it")
             }
-            try await Task.sleep(for: .seconds(delay))
+            do { try await Task.sleep(for: .seconds(delay)) } catch { return }  // cancelled: the follower is done
             delay = min(5, delay * 2)
         }
     }

@@ -97,11 +97,13 @@ public actor ClusterWorker {
 
     private func runSlot(index: Int, device: String?) async throws {
         let owner = config.devices.count > 1 ? "\(config.name)/\(index)" : config.name
+        // Where an item ran, as status shows it: the machine's worker, and its GPU.
+        let place = device.map { "\(owner) gpu \($0)" } ?? owner
         let sink = StderrSink()
         var next: Claim?
         while !isShuttingDown {
             let claimed: Claim?
-            if let next { claimed = next } else { claimed = try await nextClaim(owner: owner, device: device) }
+            if let next { claimed = next } else { claimed = try await nextClaim(owner: owner, device: place) }
             next = nil
             guard let claim = claimed else { return }
             guard let settings = claim.batch.inputs?.settings, let outputs = claim.batch.outputs else {
@@ -120,9 +122,8 @@ public actor ClusterWorker {
                 try await EngineWorker.withWorker(command, stderr: sink) { session in
                     var current = claim
                     while true {
-                        try await self.render(current, session: session, device: device.map { "gpu \($0)" } ?? session.hello.device,
-                                              sink: sink)
-                        guard !self.isShuttingDown, let following = try await self.nextClaim(owner: owner, device: device) else { return }
+                        try await self.render(current, session: session, device: place, sink: sink)
+                        guard !self.isShuttingDown, let following = try await self.nextClaim(owner: owner, device: place) else { return }
                         guard following.batch.inputs?.settings.engine == settings.engine,
                               following.batch.inputs?.settings.engineParams == settings.engineParams else {
                             next = following  // another engine: this one ends, the loop starts that one

@@ -1,0 +1,425 @@
+"""What the cluster tests share: a fresh PostgreSQL database per test, small media made once
+per session, and real `talkie` processes (workers, runs, status) with their output in files.
+
+Deliberately not a conftest.py: engines/tests does `from conftest import …`, and
+scripts/test.sh runs every folder in one pytest process, where a second conftest module
+would shadow theirs. The fixtures live here and test_cluster.py imports them.
+
+The database: $TALKIE_TEST_POSTGRES (scripts/test.sh starts the private instance of
+scripts/postgres.sh and sets it); each test gets its own `CREATE DATABASE talkie_<random>`,
+dropped after. The binary: $TALKIE_BINARY, else the repository's bin/talkie. Renders are
+counted from the test engine's own log, one file per worker (TALKIE_TEST_ENGINE_LOG in that
+worker's environment), so the tests also see which worker rendered what.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from reliability import harness  # noqa: E402  (standard library only: media and render counts)
+
+POSTGRES_URL = os.environ.get("TALKIE_TEST_POSTGRES", "")
+TAG_VARIABLE = "TALKIE_CLUSTER_TEST_TAG"
+TEMPLATES = 12
+
+
+def talkie_binary() -> Path:
+    """The talkie executable: $TALKIE_BINARY, or the repository's bin/talkie."""
+    return Path(os.environ.get("TALKIE_BINARY") or REPO / "bin" / "talkie")
+
+
+def psql_binary() -> str:
+    found = shutil.which("psql")
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if candidates:
+        return str(candidates[-1])
+    raise AssertionError("psql was not found (Debian's postgresql package brings it: scripts/setup.sh --tests)")
+
+
+def psql(url: str, sql: str) -> str:
+    """Runs one SQL command with psql; its output (tuples only, unaligned)."""
+    result = subprocess.run([psql_binary(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-tA", "-d", url, "-c", sql],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise AssertionError(f"psql {sql!r} on {url} exited {result.returncode}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def database_url(base: str, name: str) -> str:
+    """`base` with its database replaced by `name` (user, host, port and query kept)."""
+    parts = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def private_instance() -> bool:
+    """True when $TALKIE_TEST_POSTGRES is the instance scripts/postgres.sh runs (so a test may
+    restart it)."""
+    try:
+        url = subprocess.run([str(REPO / "scripts" / "postgres.sh"), "url"], capture_output=True, text=True, timeout=30)
+        status = subprocess.run([str(REPO / "scripts" / "postgres.sh"), "status"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    strip = lambda u: urllib.parse.urlsplit(u.strip())._replace(query="", fragment="").geturl()  # noqa: E731
+    return status.returncode == 0 and strip(url.stdout) == strip(POSTGRES_URL)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(nothing)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+# ---------------------------------------------------------------------------------------
+# Processes
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children[ppid].append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+class Talkie:
+    """One talkie process started in the background (a worker, a following run), in its own
+    session, its stdout and stderr in files."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], folder: Path):
+        self.name = name
+        self.args = args
+        self.stdout_path = folder / f"{name}.stdout"
+        self.stderr_path = folder / f"{name}.stderr"
+        with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
+            self.popen = subprocess.Popen([str(talkie_binary()), *args], stdin=subprocess.DEVNULL, stdout=stdout,
+                                          stderr=stderr, env=env, start_new_session=True)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_all(self, sig: int) -> None:
+        """`sig` to the process, its process group and every descendant (an engine may run
+        in a group of its own): what a machine losing power, or being frozen, does to it."""
+        targets = [self.pid, *descendants(self.pid)]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; fails the test (with the process's output) after `timeout`."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.describe()} did not exit within {timeout:.0f} s\n{self.output()}") from None
+
+    def describe(self) -> str:
+        return f"talkie {' '.join(self.args[:1])} {self.name!r} (pid {self.pid})"
+
+    def output(self) -> str:
+        return (f"--- {self.name} stderr:\n{tail(self.stderr_path)}\n"
+                f"--- {self.name} stdout:\n{tail(self.stdout_path)}")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Teardown: whatever is left of it, SIGKILLed (and SIGCONTed, had it been stopped)."""
+        if self.alive() or descendants(self.pid):
+            self.signal_all(signal.SIGKILL)
+            self.signal_all(signal.SIGCONT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------
+# Media and the cluster under test
+
+
+@dataclass
+class Media:
+    """A narration, TEMPLATES distinct one-second 160x120 templates, and one template the test
+    engine fails with an input error (its name carries the marker "fail-input")."""
+
+    folder: Path
+    audio: Path
+    templates: list[Path]
+    failing: Path
+
+
+def make_media(folder: Path) -> Media:
+    folder.mkdir(parents=True, exist_ok=True)
+    audio = harness.narration(folder)
+    templates = [harness.template(folder / "templates" / f"template-{index + 1:02d}.mp4", variant=index)
+                 for index in range(TEMPLATES)]
+    failing = harness.template(folder / "failing" / "no-face-fail-input.mp4", variant=40)
+    return Media(folder=folder, audio=audio, templates=templates, failing=failing)
+
+
+def items_by_key(state: dict) -> dict[str, dict]:
+    return {item["key"]: item for item in state.get("items", [])}
+
+
+def status_of(item: dict) -> str:
+    return (item.get("state") or {}).get("status", "?")
+
+
+def attempts_of(item: dict) -> int:
+    return int((item.get("state") or {}).get("attempts", -1))
+
+
+def summary(state: dict | None) -> str:
+    """One line per item: key, status, attempts, lease."""
+    if state is None:
+        return "(no status)"
+    lines = []
+    for item in state.get("items", []):
+        lease = item.get("lease")
+        owner = f" lease {lease.get('owner')}#{lease.get('token')} ({lease.get('expiresInSeconds')} s)" if lease else ""
+        error = (item.get("state") or {}).get("lastError")
+        lines.append(f"  {item['key'][:12]} {status_of(item)} attempts {attempts_of(item)}{owner}"
+                     f"{' error ' + str(error) if error else ''}")
+    return "\n".join(lines) or "  (no items)"
+
+
+class Cluster:
+    """One test's cluster: its own database, a shared output folder, and the talkie processes
+    it started (all stopped at teardown)."""
+
+    def __init__(self, folder: Path, media: Media, store: str):
+        self.folder = folder
+        self.media = media
+        self.store = store
+        self.out = folder / "outputs"
+        self.logs = folder / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.tag = f"talkie-cluster-{uuid.uuid4().hex[:12]}"
+        self.processes: list[Talkie] = []
+        self.databases: list[str] = []
+        self.last_state: dict | None = None
+
+    # The environment of every talkie this test starts: tagged (leftovers are found and
+    # killed at teardown), engines and web/ of this checkout, no inherited test-engine knobs.
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("TALKIE_TEST_ENGINE_LOG", "TALKIE_TEST_ENGINE_DELAY", "TALKIE_TEST_ENGINE_START_LOG"):
+            env.pop(name, None)
+        env[TAG_VARIABLE] = self.tag
+        env.setdefault("TALKIE_HOME", str(REPO))
+        env.update(extra)
+        return env
+
+    def new_database(self) -> str:
+        """A fresh empty database on the test server; its URL. Dropped at teardown."""
+        name = f"talkie_{uuid.uuid4().hex[:16]}"
+        psql(POSTGRES_URL, f"CREATE DATABASE {name}")
+        self.databases.append(name)
+        return database_url(POSTGRES_URL, name)
+
+    # -- talkie commands -----------------------------------------------------------------
+
+    def talkie(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+        """Runs talkie to its end and captures its output."""
+        command = [str(talkie_binary()), *args]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=self.env(**env), start_new_session=True, text=True, errors="replace")
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"`talkie {' '.join(args)}` did not end within {timeout:.0f} s\n{stderr[-2000:]}") from None
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+    def run_args(self, videos: list[Path] | None = None, *extra: str, store: str | None = None) -> list[str]:
+        """`talkie run --store` for this cluster's batch with the test engine."""
+        videos = self.media.templates if videos is None else videos
+        return ["run", "--store", store or self.store, "--out", str(self.out), "--audio", str(self.media.audio),
+                "--videos", *map(str, videos), "--engine", "test", "--retry-delay", "0.1", *extra]
+
+    def queue(self, videos: list[Path] | None = None, *extra: str) -> subprocess.CompletedProcess:
+        """`talkie run --store ... --detach`: the batch is queued; must exit 0."""
+        result = self.talkie(*self.run_args(videos, *extra, "--detach"))
+        assert result.returncode == 0, (f"`talkie run --store --detach` exited {result.returncode}\n"
+                                        f"stderr: {result.stderr[-1500:]}\nstdout: {result.stdout[-500:]}")
+        return result
+
+    def start(self, name: str, args: list[str], **env: str) -> Talkie:
+        process = Talkie(name, args, self.env(**env), self.logs)
+        self.processes.append(process)
+        return process
+
+    def render_log(self, name: str) -> Path:
+        return self.logs / f"render-{name}.log"
+
+    def worker(self, name: str, *extra: str, delay: float = 0.05, exit_when_idle: bool = True,
+               store: str | None = None) -> Talkie:
+        """`talkie worker --store` named `name`; its engine logs renders to render-NAME.log and
+        spends `delay` s per progress step (ten per item)."""
+        args = ["worker", "--store", store or self.store, "--name", name, "--json", *extra]
+        if exit_when_idle:
+            args.append("--exit-when-idle")
+        return self.start(name, args, TALKIE_TEST_ENGINE_LOG=str(self.render_log(name)),
+                          TALKIE_TEST_ENGINE_DELAY=str(delay))
+
+    def status(self, store: str | None = None) -> dict:
+        """`talkie status --store URL --json`, parsed."""
+        result = self.talkie("status", "--store", store or self.store, "--json", timeout=60)
+        assert result.returncode == 0, f"`talkie status --store --json` exited {result.returncode}: {result.stderr[-1500:]}"
+        try:
+            state = json.loads(result.stdout)
+        except json.JSONDecodeError as error:
+            raise AssertionError(f"`talkie status --store --json` printed no JSON ({error}): {result.stdout[:500]}") from None
+        if store is None or store == self.store:
+            self.last_state = state
+        return state
+
+    def wait_status(self, predicate, seconds: float, what: str, store: str | None = None) -> dict:
+        """Polls the status until `predicate(state)` holds; fails with the items and the
+        processes' output after `seconds`. A status that fails to load (the database
+        restarting) is polled again."""
+        deadline = time.monotonic() + seconds
+        state, problem = None, ""
+        while True:
+            try:
+                state = self.status(store)
+                problem = ""
+                if predicate(state):
+                    return state
+            except AssertionError as error:
+                problem = str(error)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {seconds:.0f} s\n{problem}\nitems:\n{summary(state)}\n{self.outputs()}")
+            time.sleep(0.25)
+
+    # -- renders ---------------------------------------------------------------------------
+
+    def renders_by_worker(self) -> dict[str, collections.Counter]:
+        """Worker name -> renders per item key, from each worker's engine log."""
+        return {path.name[len("render-"):-len(".log")]: harness.render_counts(path)
+                for path in sorted(self.logs.glob("render-*.log"))}
+
+    def renders(self) -> collections.Counter:
+        """Renders per item key, over every worker."""
+        total: collections.Counter = collections.Counter()
+        for counts in self.renders_by_worker().values():
+            total.update(counts)
+        return total
+
+    def wait_renders(self, count: int, seconds: float, worker: str | None = None) -> collections.Counter:
+        """Waits until `count` renders have started (of one worker, or of all)."""
+        def counts() -> collections.Counter:
+            return harness.render_counts(self.render_log(worker)) if worker else self.renders()
+        if not harness.wait_for(lambda: sum(counts().values()) >= count, seconds=seconds, step=0.05):
+            raise AssertionError(f"{count} render(s){' by ' + worker if worker else ''} did not start within "
+                                 f"{seconds:.0f} s (renders: {dict(counts())})\n{self.outputs()}")
+        return counts()
+
+    def outputs(self) -> str:
+        """Every started process's recent output, for failure messages."""
+        return "\n".join(process.output() for process in self.processes)
+
+    def teardown(self) -> None:
+        for process in self.processes:
+            process.stop()
+        for pid in tagged_processes(self.tag):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        for name in self.databases:
+            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+                psql(POSTGRES_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Processes whose environment carries this test's tag (an engine or ffmpeg a killed
+    worker left behind): only ever processes this test started."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures (imported by test_cluster.py)
+
+
+@pytest.fixture(scope="session")
+def talkie_worker_binary() -> Path:
+    """The binary, which must have the cluster commands (a binary being relinked right now
+    gets a minute to appear)."""
+    binary = talkie_binary()
+    deadline = time.monotonic() + 60
+    while not binary.exists() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert binary.exists(), f"{binary} does not exist: build it (scripts/setup.sh --tests)"
+    # (An unknown subcommand's --help prints the top-level help and exits 0: read the usage line.)
+    result = subprocess.run([str(binary), "worker", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "talkie worker" in result.stdout, (
+        f"`{binary} worker --help` shows no worker command: the binary has no cluster mode\n{result.stdout[-400:]}{result.stderr[-400:]}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> Media:
+    return make_media(tmp_path_factory.mktemp("cluster-media"))
+
+
+@pytest.fixture
+def cluster(talkie_worker_binary, media, tmp_path) -> Cluster:
+    """A fresh database on $TALKIE_TEST_POSTGRES and an empty shared output folder."""
+    instance = Cluster(tmp_path, media, store="")
+    try:
+        instance.store = instance.new_database()
+        yield instance
+    finally:
+        instance.teardown()
