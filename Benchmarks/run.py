@@ -6,7 +6,9 @@ BENCHMARKS.md: the machine and versions, then one section per part of Talkie.
 
 Sections: core (hashing, restart, durable state, memory: Benchmarks/core.py), engine (the
 built-in engine against the ffmpeg floor: Benchmarks/engine.py), studio (uploads, WebSocket
-latency, the API under wrk: Benchmarks/studio.py). Without SECTION, all of them.
+latency, the API under wrk: Benchmarks/studio.py), cluster (items claimed and committed per
+second in PostgreSQL as workers grow, against pgbench: Benchmarks/cluster.py; it starts the
+private instance of scripts/postgres.sh). Without SECTION, all of them.
 
 Full mode builds Talkie and the Benchmarks package in release mode and writes BENCHMARKS.md
 at the root (about 20 minutes on a 2-core machine). --quick uses tiny sizes and Talkie's debug
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-SECTIONS = ("core", "engine", "studio")
+SECTIONS = ("core", "engine", "studio", "cluster")
 
 
 def say(message: str) -> None:
@@ -101,6 +103,8 @@ def main() -> int:
                  "--talkie", talkie, "--bench-bin", bench],
         "engine": [python, "Benchmarks/engine.py", *quick, "--out", str(parts), "--work", str(args.work / "engine")],
         "studio": [python, "Benchmarks/studio.py", *quick, "--out", str(parts), "--work", str(args.work / "studio")],
+        "cluster": [python, "Benchmarks/cluster.py", *quick, "--out", str(parts), "--work", str(args.work / "cluster"),
+                    "--talkie", talkie],
     }
     failed, took = [], {}
     for name in sections:
