@@ -2,7 +2,7 @@ import PostgresNIO
 
 /// The cluster's tables, created and migrated by Talkie itself. Each entry of `migrations`
 /// takes the schema from its index to the next version; `talkie_schema` holds the version.
-/// Only `talkie run --store` and `talkie store migrate` migrate; a worker checks that
+/// Only `talkie run --store`, `talkie serve --store` and `talkie store migrate` migrate; a worker checks that
 /// the version is exactly its own and refuses to start otherwise.
 public enum ClusterSchema {
     /// The schema this Talkie reads and writes.

@@ -1,6 +1,7 @@
 import Foundation
 import ServiceLifecycle
 import Synchronization
+import TalkieCluster
 import TalkieCore
 import TalkieRunner
 import TalkieStore
@@ -24,6 +25,9 @@ public actor Studio {
     private var runner: BatchRunner?
     private var progress: [ItemKey: RenderProgress] = [:]
     private var stateReader = CachedStateReader()
+    /// Cluster mode: the items as the database last showed them (refreshed on every event).
+    private var clusterItems: [Item] = []
+    private var clusterGeneration = 0
     private var encodedState: (state: StudioState, json: Data)?
     let face2face: Face2FaceRegistry
     private var runningFace2Face: String?
@@ -85,7 +89,11 @@ public actor Studio {
         configuration.displayNames = library.displayNames
         configuration.gpus = config.gpus
         configuration.outputsLockHeld = true
-        _ = await supervise(BatchRunner(configuration, version: "talkie studio"))
+        if let cluster = config.cluster {
+            await followCluster(cluster, configuration)
+        } else {
+            _ = await supervise(BatchRunner(configuration, version: "talkie studio"))
+        }
     }
 
     private func runFace2Face(_ code: String) async {
@@ -172,6 +180,13 @@ public actor Studio {
 
     /// The running items finish, then the run ends.
     func pause() async {
+        if let cluster = config.cluster {
+            guard running else { return }
+            pausing = true
+            try? await cluster.setPaused(true)
+            publishSnapshot()
+            return
+        }
         guard let runner else { return }
         pausing = true
         await runner.pause()
@@ -179,12 +194,19 @@ public actor Studio {
     }
 
     /// The running item stops now and returns to pending.
-    func stop() {
+    func stop() async {
+        if let cluster = config.cluster {
+            try? await cluster.stop()
+            return
+        }
         _ = stopper.withLock { $0?.yield() }
     }
 
     /// Sets one item aside (see `BatchRunner.skip`); when no batch runs, directly in the store.
     func skip(_ key: ItemKey) async throws -> Bool {
+        guard config.cluster == nil else {
+            throw StudioError(409, "cluster.unsupported", "setting one item aside is not available in cluster mode yet; stop the batch and remove its template instead")
+        }
         if let runner, try await runner.skip(key) { return true }
         guard !running else { return false }
         let store = try StateStore(folder: config.outputs, writtenBy: "talkie studio")
@@ -205,8 +227,15 @@ public actor Studio {
     }
 
     /// Clear history: forgets every item's state; outputs stay.
-    func reset() throws -> Int {
+    func reset() async throws -> Int {
         guard !running else { throw StudioError(409, "batch.running", "stop the batch before clearing its history") }
+        if let cluster = config.cluster {
+            let count = try await cluster.reset()
+            await refreshClusterItems()
+            progress = [:]
+            publishSnapshot()
+            return count
+        }
         let store = try StateStore(folder: config.outputs, writtenBy: "talkie studio")
         defer { store.close() }
         let count = store.count
@@ -280,10 +309,10 @@ public actor Studio {
 
     /// The whole state for the page.
     func state() -> StudioState {
-        let stored = try? stateReader.read(folder: config.outputs)
+        let stored = config.cluster == nil ? try? stateReader.read(folder: config.outputs) : nil
         let audioKey = library.manifest.audio?.key
         var byKey: [ItemKey: Item] = [:]
-        for item in stored?.items ?? [] { byKey[item.key] = item }
+        for item in stored?.items ?? clusterItems { byKey[item.key] = item }
         var rows: [StudioState.ItemRow] = []
         var summary = StudioState.Summary()
         let fingerprint = settings.fingerprint  // a JSON encoding: once, not once per row
@@ -295,7 +324,8 @@ public actor Studio {
                 let item = byKey[key]
                 var status = item?.state.status ?? .pending
                 // A killed run leaves its item stored as running; with no run, it waits for the next.
-                if status == .running && !running { status = .pending }
+                // (In a cluster, running items are workers' and live whether or not this studio follows.)
+                if status == .running && !running && config.cluster == nil { status = .pending }
                 let output = item?.state.status == .success ? item?.state.output : nil
                 rows.append(.init(
                     key: key.id, names: entry.names, status: status.rawValue, attempts: item?.state.attempts ?? 0,
@@ -320,9 +350,90 @@ public actor Studio {
         let videos = library.manifest.videos.map {
             StudioState.Video(key: $0.key.hex, names: $0.names, size: $0.size, url: "/api/inputs/videos/\($0.key.hex)")
         }
-        return StudioState(running: running, pausing: pausing, generation: stored?.generation ?? 0, engines: EngineCatalog.names,
+        return StudioState(running: running, pausing: pausing, generation: stored?.generation ?? clusterGeneration, engines: EngineCatalog.names,
                            settings: settings, fingerprint: fingerprint, audio: audio, videos: videos,
                            items: rows, summary: summary)
+    }
+}
+
+extension Studio {
+    // MARK: - Cluster mode
+
+    /// Queues the batch in the cluster and follows it until no item runs and nothing more
+    /// will start (all done, or paused/stopped). Workers render; events reach pages through
+    /// `listenToCluster`.
+    private func followCluster(_ cluster: ClusterStore, _ configuration: RunConfiguration) async {
+        running = true
+        publishSnapshot()
+        var policy = ClusterPolicy()
+        policy.maxAttempts = config.retryPolicy.maxAttempts
+        policy.retryDelay = config.retryPolicy.initialDelay
+        policy.itemTimeout = config.itemTimeout
+        policy.leaseSeconds = config.leaseSeconds
+        do {
+            _ = try await ClusterBatchCommands.submit(cluster, config: configuration, policy: policy)
+            while !Task.isCancelled {
+                await refreshClusterItems()
+                publishSnapshot()
+                let open = try await cluster.database.persistently { () async throws(ClusterError) in
+                    _ = try await cluster.reclaimExpired()
+                    return (try await cluster.openWork(), try await cluster.batch().paused)
+                }
+                if open.0.running == 0 && (open.0.pending == 0 || open.1) { break }
+                try await Task.sleep(for: .seconds(1))
+            }
+        } catch {
+            if !(error is CancellationError) {
+                let message = (error as? any TalkieError)?.message ?? "\(error)"
+                let warning = TimedEvent(time: Date(), event: .warning("the batch could not be queued in the cluster: \(message)"))
+                broadcaster.publish(eventMessage(warning))
+                appendToRunLog(warning)
+            }
+        }
+        await refreshClusterItems()
+        running = false
+        pausing = false
+        progress = [:]
+        publishSnapshot()
+    }
+
+    /// Reads the cluster's items for the page (kept as they were while the database is away).
+    func refreshClusterItems() async {
+        guard let cluster = config.cluster else { return }
+        if let items = try? await cluster.items() { clusterItems = items.map(\.item) }
+        if let batch = try? await cluster.batch() { clusterGeneration = Int(batch.generation) }
+    }
+
+    /// Passes every event of the cluster (whoever caused it: workers, CLI commands, other
+    /// studios) to the pages, with a fresh snapshot when an item's state changed.
+    func listenToCluster() async {
+        guard let cluster = config.cluster else { return }
+        await refreshClusterItems()
+        let (events, sink) = AsyncStream.makeStream(of: TimedEvent.self)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await ClusterBatchCommands.listen(cluster, show: { sink.yield($0) }, note: { _ in })
+                sink.finish()
+            }
+            for await timed in events { await clusterEvent(timed) }
+            group.cancelAll()
+        }
+    }
+
+    private func clusterEvent(_ timed: TimedEvent) async {
+        switch timed.event {
+        case .itemProgress(let key, let report):
+            progress[key] = report
+        case .itemSucceeded(let key, _, _, _, _), .itemFailed(let key, _, _, _), .itemStopped(let key, _):
+            progress[key] = nil
+        default:
+            break
+        }
+        broadcaster.publish(eventMessage(timed))
+        if case .itemProgress = timed.event { return }
+        appendToRunLog(timed)
+        await refreshClusterItems()
+        publishSnapshot()
     }
 }
 
@@ -338,10 +449,15 @@ public struct StudioService: Service {
 
     public func run() async throws {
         await withGracefulShutdownHandler {
-            await studio.processJobs()
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await studio.listenToCluster() }  // cluster mode only; returns at once otherwise
+                await studio.processJobs()
+                group.cancelAll()
+            }
         } onGracefulShutdown: {
             studio.shutDown()
         }
+        await studio.config.cluster?.database.close()
     }
 }
 

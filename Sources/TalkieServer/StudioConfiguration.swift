@@ -1,4 +1,5 @@
 import Foundation
+import TalkieCluster
 import TalkieCore
 import TalkieRunner
 
@@ -28,6 +29,12 @@ public struct StudioConfiguration: Sendable {
     public var itemTimeout: Double?
     /// GPUs to render on, one engine worker each; empty for one worker.
     public var gpus: [String] = []
+    /// Cluster mode: the batch lives in this PostgreSQL database and `talkie worker`s on any
+    /// machine render it; the studio renders nothing itself. The workspace must then be on
+    /// storage every machine sees at the same path.
+    public var cluster: ClusterStore?
+    /// Cluster mode: how long a worker's claim lives without a heartbeat.
+    public var leaseSeconds = 30.0
 
     /// Creates a configuration.
     public init(workspace: String, host: String = "127.0.0.1", port: Int = 7860, token: String? = nil,

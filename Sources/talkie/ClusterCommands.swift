@@ -85,7 +85,13 @@ struct Worker: AsyncParsableCommand {
         let json = json
         async let printed: Void = {
             for await timed in worker.events {
-                print(json ? timed.jsonLine : "\(owner): " + describe(timed.event))
+                if json {
+                    print(timed.jsonLine)
+                } else if case .itemProgress = timed.event {
+                    continue  // progress goes to the pages; a worker's log keeps one line per change
+                } else {
+                    print("\(owner): " + describe(timed.event))
+                }
             }
         }()
         let result: Result<ClusterWorker.Summary, any Error> = await withTaskGroup(of: Result<ClusterWorker.Summary, any Error>?.self) { group in
@@ -129,7 +135,7 @@ func describe(_ event: BatchEvent) -> String {
     case .batchStarted(let total, let toRender, _): "batch of \(total) items, \(toRender) to render"
     case .itemQueued(_, let name): "\(name) queued"
     case .itemStarted(_, let name, let attempt, let device): "\(name) started (attempt \(attempt)\(device.map { ", \($0)" } ?? ""))"
-    case .itemProgress(_, let progress): "\(progress.frame)/\(progress.frames) \(progress.unit.rawValue)"
+    case .itemProgress(let key, let progress): "\(key.short): \(progress.frame)/\(progress.frames) \(progress.unit.rawValue)"
     case .itemSucceeded(_, let name, let output, let seconds, _): "\(name) done in \(String(format: "%.1f", seconds)) s: \(output)"
     case .itemFailed(_, let name, let error, let willRetry): "\(name) failed: \(error.message)\(willRetry ? " (will retry)" : "")"
     case .itemStopped(_, let name): "\(name) stopped; back in the queue"

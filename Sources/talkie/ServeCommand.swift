@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import NIOCore
+import TalkieCluster
 import TalkieRunner
 import TalkieServer
 
@@ -15,6 +16,11 @@ struct Serve: AsyncParsableCommand {
         batch and resumes. Binding an address other than loopback requires a token:
         one is generated and printed unless --token is given. API:
         docs/studio-api.md.
+
+        Cluster mode (--store postgres://…): the studio queues the batch in PostgreSQL
+        and renders nothing itself; `talkie worker --store …` on any machine renders it,
+        and every worker's events reach the page. The workspace must be on storage every
+        machine sees at the same path (README "Cluster").
         """)
 
     @Option(name: .long, help: ArgumentHelp("The studio's folder (inputs/, outputs/).", valueName: "folder"))
@@ -44,17 +50,34 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Load the demo's sample inputs into an empty workspace (see `talkie demo`).")
     var demo = false
 
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: queue batches in this PostgreSQL database for `talkie worker`s on any machine, postgres://USER@HOST[:PORT]/DATABASE; the workspace must be on storage every machine sees at the same path.", valueName: "url"))
+    var store: String?
+
+    @Option(name: .long, help: ArgumentHelp("Cluster mode: seconds a worker's claim lives without a heartbeat.", valueName: "seconds"))
+    var leaseSeconds: Double = 30
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535") }
         guard maxUploadMb > 0 else { throw ValidationError("--max-upload-mb must be positive") }
         if let token, token.count < 8 { throw ValidationError("--token must have at least 8 characters") }
         if let gpus, let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
+        if store != nil && gpus != nil { throw ValidationError("with --store the workers render: give --gpus to `talkie worker` on each machine") }
+        guard leaseSeconds >= 1 else { throw ValidationError("--lease-seconds must be at least 1") }
     }
 
     func run() async throws {
         var config = StudioConfiguration(workspace: workspace, host: host, port: port, token: token,
                                          maxUploadBytes: maxUploadMb << 20, allowedFolders: allowDirs, itemTimeout: itemTimeout)
         config.gpus = gpus.map(gpuList) ?? []
+        config.leaseSeconds = leaseSeconds
+        if let store {
+            config.cluster = try StoreOption(store: store).open()
+            do { _ = try await ClusterSchema.migrate(config.cluster!.database) } catch {
+                await config.cluster?.database.close()
+                FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+                throw ExitCode(ExitStatus.badInput)
+            }
+        }
         if !config.isLoopback && config.token == nil {
             config.token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
         }
