@@ -100,49 +100,84 @@ public actor ClusterWorker {
         // Where an item ran, as status shows it: the machine's worker, and its GPU.
         let place = device.map { "\(owner) gpu \($0)" } ?? owner
         let sink = StderrSink()
-        var next: Claim?
-        while !isShuttingDown {
-            let claimed: Claim?
-            if let next { claimed = next } else { claimed = try await nextClaim(owner: owner, device: place) }
-            next = nil
-            guard let claim = claimed else { return }
-            guard let settings = claim.batch.inputs?.settings, let outputs = claim.batch.outputs else {
-                try await finishFailed(claim, ItemError(kind: .transient, message: "the cluster's batch has no inputs recorded"))
-                continue
+        var held: Claim?  // claimed for another engine than the one that was running
+        var finished = false
+        while !finished && !isShuttingDown {
+            // The engine is started before anything is claimed, so a slow model load never
+            // eats into a lease; the batch's settings say which engine.
+            guard let batch = try await batchToRender(), let settings = batch.inputs?.settings, let outputs = batch.outputs else {
+                return
             }
             var command: EngineCommand
             do { command = try config.engines.command(for: settings.engine, params: settings.engineParams) } catch {
-                try await finishFailed(claim, ItemError(kind: .transient, message: "on \(owner): \(error.message)"))
-                try await Task.sleep(for: .seconds(2))
+                if let claim = held {
+                    held = nil
+                    try await finishFailed(claim, ItemError(kind: .transient, message: "on \(owner): \(error.message)"))
+                }
+                emit(.warning("\(owner) cannot render the batch: \(error.message)"))
+                try await Task.sleep(for: .seconds(5))
                 continue
             }
             if let device { command.environment["CUDA_VISIBLE_DEVICES"] = device }
             prepareFolders(outputs)
             do {
                 try await EngineWorker.withWorker(command, stderr: sink) { session in
-                    var current = claim
-                    while true {
-                        try await self.render(current, session: session, device: place, sink: sink)
-                        guard !self.isShuttingDown, let following = try await self.nextClaim(owner: owner, device: place) else { return }
-                        guard following.batch.inputs?.settings.engine == settings.engine,
-                              following.batch.inputs?.settings.engineParams == settings.engineParams else {
-                            next = following  // another engine: this one ends, the loop starts that one
+                    while !self.isShuttingDown {
+                        let claim: Claim
+                        if let waiting = held {
+                            claim = waiting
+                            held = nil
+                        } else {
+                            guard let next = try await self.nextClaim(owner: owner, device: place) else {
+                                finished = true
+                                return
+                            }
+                            claim = next
+                        }
+                        guard claim.batch.inputs?.settings.engine == settings.engine,
+                              claim.batch.inputs?.settings.engineParams == settings.engineParams else {
+                            held = claim  // the settings changed: this engine ends, the next one takes it
                             return
                         }
-                        current = following
+                        try await self.render(claim, session: session, device: place, sink: sink)
                     }
                 }
             } catch SlotEnd.restartEngine {
                 continue
             } catch let failure as EngineFailure {
-                // The engine could not start (or died between items): the claimed item fails
-                // this attempt and goes back to the queue by the retry policy.
+                // The engine could not start, or died between items: an item held for it
+                // fails this attempt and returns to the queue by the retry policy.
+                if let claim = held {
+                    held = nil
+                    try await finishFailed(claim, ItemError(kind: .transient, message: "the engine stopped on \(owner): \(failure.message)"))
+                }
                 if case .startFailed(let message) = failure {
-                    try await finishFailed(claim, ItemError(kind: .transient, message: "the engine did not start on \(owner): \(message)"))
-                    try await Task.sleep(for: .seconds(2))
+                    emit(.warning("the engine did not start on \(owner): \(message)"))
+                    try await Task.sleep(for: .seconds(5))
                 }
             }
         }
+        if let claim = held {
+            // Shut down before it started: back to the queue, not charged.
+            var item = claim.item
+            try item.state.apply(.stop)
+            item.finishedAt = nil
+            _ = try await commit(item, lease: claim.lease, event: .itemStopped(key: item.key, name: item.displayName))
+        }
+    }
+
+    /// The batch as it stands, once one has been submitted; nil when the worker should end
+    /// (shut down, or idle with `exitWhenIdle` and no batch).
+    private func batchToRender() async throws -> ClusterBatch? {
+        while !isShuttingDown {
+            let batch = try await store.database.persistently(waiting: outage) { () async throws(ClusterError) in
+                try await self.store.batch()
+            }
+            if batch.inputs != nil && batch.outputs != nil { return batch }
+            if config.exitWhenIdle { return nil }
+            try await Task.sleep(for: .seconds(config.idlePoll))
+        }
+        return nil
     }
 
     /// The next claim, waiting while there is nothing to claim. Nil when the worker should
