@@ -11,7 +11,7 @@ second in PostgreSQL as workers grow, against pgbench: Benchmarks/cluster.py; it
 private instance of scripts/postgres.sh). Without SECTION, all of them.
 
 Full mode builds Talkie and the Benchmarks package in release mode and writes BENCHMARKS.md
-at the root (about 20 minutes on a 2-core machine). --quick uses tiny sizes and Talkie's debug
+at the root (about 25 minutes on a 2-core machine). --quick uses tiny sizes and Talkie's debug
 build, writes .build/bench-quick/BENCHMARKS.md, and takes a few minutes: CI runs it so that
 no benchmark rots. Use scripts/bench.sh, which installs what is missing first."""
 from __future__ import annotations

@@ -20,18 +20,7 @@ public enum ClusterBatchCommands {
             }
         }
         let batch = try await store.batch()
-        guard let audio = config.audio ?? batch.inputs?.audio else {
-            throw RunSetupError(code: "input.no_audio", message: "no narration given and none recorded in the cluster; pass --audio FILE")
-        }
-        let sources = config.videos.isEmpty
-            ? batch.inputs?.videos ?? []
-            : config.videos.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-        guard !sources.isEmpty else {
-            throw RunSetupError(code: "input.no_videos", message: "no templates given and none recorded in the cluster; pass --videos FOLDER")
-        }
-        let settings = config.settings.applied(to: batch.inputs?.settings ?? RenderSettings())
-        let problems = settings.problems()
-        guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
+        let (audio, sources, settings) = try config.resolvedInputs(stored: batch.inputs, where: "the cluster")
         guard EngineCatalog.names.contains(settings.engine) else {
             throw RunSetupError(code: "engine.unknown", message: "unknown engine '\(settings.engine)'; known engines: \(EngineCatalog.names.joined(separator: ", "))")
         }

@@ -84,18 +84,8 @@ public actor BatchRunner {
         for note in store.recovery.notes { emit(.warning(note)) }
 
         // Inputs and settings: given now, or those of the stored batch.
-        guard let audio = config.audio ?? store.batch?.audio else {
-            throw RunSetupError(code: "input.no_audio", message: "no narration given and none recorded in \(outputs); pass --audio FILE")
-        }
-        let sources = config.videos.isEmpty
-            ? store.batch?.videos ?? []
-            : config.videos.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-        guard !sources.isEmpty else {
-            throw RunSetupError(code: "input.no_videos", message: "no templates given and none recorded in \(outputs); pass --videos FOLDER")
-        }
-        settings = config.settings.applied(to: store.batch?.settings ?? RenderSettings())
-        let problems = settings.problems()
-        guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
+        let (audio, sources, resolvedSettings) = try config.resolvedInputs(stored: store.batch, where: outputs)
+        settings = resolvedSettings
         let engineCommand = try config.engines.command(for: settings.engine, params: settings.engineParams)
         audioPath = URL(fileURLWithPath: audio).standardizedFileURL.path
         var audioIsFolder: ObjCBool = false

@@ -1,5 +1,6 @@
 import Foundation
 import TalkieCore
+import TalkieStore
 
 /// Everything a run needs to know.
 public struct RunConfiguration: Sendable {
@@ -68,6 +69,23 @@ public struct RunConfiguration: Sendable {
         }
         if Set(gpus).count != gpus.count { return "--gpus lists a GPU twice: \(gpus.joined(separator: ","))" }
         return nil
+    }
+
+    /// The narration, the template sources and the settings of this run: those given now,
+    /// else those of the stored batch (`where` names the store in messages).
+    public func resolvedInputs(stored: BatchInputs?, where place: String) throws(RunSetupError)
+        -> (audio: String, sources: [String], settings: RenderSettings) {
+        guard let audio = audio ?? stored?.audio else {
+            throw RunSetupError(code: "input.no_audio", message: "no narration given and none recorded in \(place); pass --audio FILE")
+        }
+        let sources = videos.isEmpty ? stored?.videos ?? [] : videos.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        guard !sources.isEmpty else {
+            throw RunSetupError(code: "input.no_videos", message: "no templates given and none recorded in \(place); pass --videos FOLDER")
+        }
+        let settings = settings.applied(to: stored?.settings ?? RenderSettings())
+        let problems = settings.problems()
+        guard problems.isEmpty else { throw RunSetupError(code: "settings.invalid", message: problems.joined(separator: "; ")) }
+        return (audio, sources, settings)
     }
 
     /// The timeout of an item whose narration lasts `duration` seconds: two minutes to load,

@@ -139,19 +139,24 @@ public actor Studio {
     private func relay(_ events: AsyncStream<TimedEvent>) async {
         for await timed in events {
             let event = timed.event
-            switch event {
-            case .itemProgress(let key, let report):
-                progress[key] = report
-            case .itemSucceeded(let key, _, _, _, _), .itemFailed(let key, _, _, _), .itemStopped(let key, _):
-                progress[key] = nil
-            default:
-                break
-            }
-            broadcaster.publish(eventMessage(timed))
+            forward(timed)
             // The run has reconciled and committed its queue (retries, re-renders, new
             // templates): pages get the batch as it now stands.
             if case .batchStarted = event { publishSnapshot() }
         }
+    }
+
+    /// Keeps the live progress of running items and sends the event to every page.
+    private func forward(_ timed: TimedEvent) {
+        switch timed.event {
+        case .itemProgress(let key, let report):
+            progress[key] = report
+        case .itemSucceeded(let key, _, _, _, _), .itemFailed(let key, _, _, _), .itemStopped(let key, _):
+            progress[key] = nil
+        default:
+            break
+        }
+        broadcaster.publish(eventMessage(timed))
     }
 
     private nonisolated func eventMessage(_ event: TimedEvent) -> String {
@@ -421,15 +426,7 @@ extension Studio {
     }
 
     private func clusterEvent(_ timed: TimedEvent) async {
-        switch timed.event {
-        case .itemProgress(let key, let report):
-            progress[key] = report
-        case .itemSucceeded(let key, _, _, _, _), .itemFailed(let key, _, _, _), .itemStopped(let key, _):
-            progress[key] = nil
-        default:
-            break
-        }
-        broadcaster.publish(eventMessage(timed))
+        forward(timed)
         if case .itemProgress = timed.event { return }
         appendToRunLog(timed)
         await refreshClusterItems()
