@@ -126,26 +126,29 @@ public enum ClusterBatchCommands {
     /// use). Returns the number of items written.
     public static func export(_ store: ClusterStore, to folder: String, writtenBy: String) async throws -> Int {
         try await ClusterSchema.check(store.database)
-        let batch = try await store.batch()
-        let items = try await store.items().map(\.item)
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         let lock = try StoreLock(folder: folder)
         defer { lock.release() }
         let local = try StateStore(folder: folder, writtenBy: writtenBy)
         defer { local.close() }
-        try local.commit(items, batch: batch.inputs)
+        let count = try await copy(from: store, to: local)
         try local.compact()
-        return items.count
+        return count
     }
 
     /// Writes the embedded store of `folder` into the cluster (items no worker holds are
-    /// replaced). Returns the number of items written.
+    /// replaced); `folder` becomes the cluster's output folder. Returns the number of items written.
     public static func importState(_ store: ClusterStore, from folder: String) async throws -> Int {
         _ = try await ClusterSchema.migrate(store.database)
         let (document, _) = try StateStore.read(folder: folder)
-        let audio = document.batch?.audio
-        let members = Set(document.items.filter { $0.audioPath == audio }.map(\.key))
-        return try await store.importItems(document.items, inBatch: members, inputs: document.batch, outputs: folder,
-                                           settingsHistory: document.settingsHistory)
+        return try await store.save(document.items, batch: document.batch, outputs: folder,
+                                    settingsHistory: document.settingsHistory)
+    }
+
+    /// Copies a batch from one store to another; returns the number of items.
+    public static func copy(from source: some BatchStore, to destination: some BatchStore) async throws -> Int {
+        let items = try await source.storedItems()
+        try await destination.save(items, batch: try await source.storedBatch())
+        return items.count
     }
 }

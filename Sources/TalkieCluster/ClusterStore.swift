@@ -340,30 +340,31 @@ public struct ClusterStore: Sendable {
 
     // MARK: - Moving a batch
 
-    /// Writes items as they are (export/import); an item a worker holds is never replaced.
-    /// Returns how many were written.
-    public func importItems(_ items: [Item], inBatch: Set<ItemKey>, inputs: BatchInputs?, outputs: String,
-                            settingsHistory: [String: RenderSettings]) async throws(ClusterError) -> Int {
+    /// Writes item records as they are (a batch moved from another store), with the batch's
+    /// inputs and, when given, its output folder. An item a worker holds is never replaced;
+    /// one stored as running holds no lease here, so it counts as interrupted. Items of the
+    /// batch's narration become the batch that workers claim from. Returns how many were written.
+    @discardableResult
+    public func save(_ items: [Item], batch inputs: BatchInputs?, outputs: String?,
+                     settingsHistory: [String: RenderSettings] = [:]) async throws(ClusterError) -> Int {
         let logger = logger
         return try await database.transaction { connection in
             let current = try await Self.batch(connection, logger: logger, forUpdate: true)
-            let history = current.settingsHistory.merging(settingsHistory) { _, new in new }
+            var history = current.settingsHistory.merging(settingsHistory) { _, new in new }
+            if let inputs { history[inputs.settings.fingerprint] = inputs.settings }
             let historyJSON = try Self.encode(history)
-            if let inputs {
-                let inputsJSON = try Self.encode(inputs)
-                try await connection.query("""
-                    UPDATE talkie_batch SET inputs = \(inputsJSON), outputs = \(outputs), settings_history = \(historyJSON) WHERE id = 1
-                    """, logger: logger)
-            } else {
-                try await connection.query("UPDATE talkie_batch SET settings_history = \(historyJSON) WHERE id = 1", logger: logger)
-            }
+            let inputsJSON = try (inputs ?? current.inputs).map(Self.encode)
+            let folder = outputs ?? current.outputs
+            try await connection.query("""
+                UPDATE talkie_batch SET inputs = \(inputsJSON), outputs = \(folder), settings_history = \(historyJSON) WHERE id = 1
+                """, logger: logger)
+            let narration = (inputs ?? current.inputs)?.audio
             var written = 0
             for (position, item) in items.enumerated() {
                 var stored = item
-                // Nobody holds a lease on an imported item: one left running was interrupted.
                 if stored.state.status == .running { try stored.state.apply(.interrupted(maxAttempts: Int.max)) }
                 let json = try Self.encode(stored)
-                let member = inBatch.contains(item.key)
+                let member = stored.audioPath == narration
                 for try await _ in try await connection.query("""
                     INSERT INTO talkie_items (key, status, item, in_batch, position)
                     VALUES (\(stored.key.id), \(stored.state.status.rawValue), \(json), \(member), \(position))
@@ -410,4 +411,16 @@ public struct ClusterStore: Sendable {
     static func decode(_ json: String) throws -> Item {
         try StateCoding.decoder.decode(Item.self, from: Data(json.utf8))
     }
+}
+
+extension ClusterStore: BatchStore {
+    public func storedItems() async throws -> [Item] { try await items().map(\.item) }
+
+    public func storedBatch() async throws -> BatchInputs? { try await batch().inputs }
+
+    public func save(_ items: [Item], batch: BatchInputs?) async throws {
+        try await save(items, batch: batch, outputs: nil)
+    }
+
+    public func forgetItems() async throws -> Int { try await reset() }
 }
