@@ -3,7 +3,8 @@ per session, and real `talkie` processes (workers, runs, status) with their outp
 
 Deliberately not a conftest.py: engines/tests does `from conftest import …`, and
 scripts/test.sh runs every folder in one pytest process, where a second conftest module
-would shadow theirs. The fixtures live here and test_cluster.py imports them.
+would shadow theirs. The fixtures live here and test_cluster.py and test_studio_cluster.py import them
+(the latter also the studio helpers at the end: `talkie serve --store`, pages on /ws).
 
 The database: $TALKIE_TEST_POSTGRES (scripts/test.sh starts the private instance of
 scripts/postgres.sh and sets it); each test gets its own `CREATE DATABASE talkie_<random>`,
@@ -236,6 +237,7 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.tag = f"talkie-cluster-{uuid.uuid4().hex[:12]}"
         self.processes: list[Talkie] = []
+        self.pages: list = []   # studio pages (Page) to close at teardown
         self.databases: list[str] = []
         self.last_state: dict | None = None
 
@@ -334,6 +336,24 @@ class Cluster:
                 raise AssertionError(f"{what}: not within {seconds:.0f} s\n{problem}\nitems:\n{summary(state)}\n{self.outputs()}")
             time.sleep(0.25)
 
+    # -- the studio ------------------------------------------------------------------------
+
+    def studio(self, *extra: str, workspace: Path | None = None, seconds: float = 90) -> "Studio":
+        """`talkie serve --store` on this cluster's database, on a free port, started (its
+        banner printed); stopped at teardown."""
+        studio = Studio(self, workspace or self.folder / "studio", self.store, list(extra))
+        studio.wait_started(seconds)
+        return studio
+
+    def page(self, studio: "Studio", seconds: float = 60) -> "Page":
+        """A page connected to the studio's /ws, once it has its first snapshot."""
+        page = Page(studio.port)
+        self.pages.append(page)
+        page.wait(lambda page: bool(page.snapshots()), seconds, "the first snapshot on connecting")
+        first = page.received()[0]
+        assert first.get("type") == "snapshot", f"a page's first message is not a snapshot: {str(first)[:300]}"
+        return page
+
     # -- renders ---------------------------------------------------------------------------
 
     def renders_by_worker(self) -> dict[str, collections.Counter]:
@@ -362,6 +382,8 @@ class Cluster:
         return "\n".join(process.output() for process in self.processes)
 
     def teardown(self) -> None:
+        for page in self.pages:
+            page.close()
         for process in self.processes:
             process.stop()
         for pid in tagged_processes(self.tag):
@@ -423,3 +445,175 @@ def cluster(talkie_worker_binary, media, tmp_path) -> Cluster:
         yield instance
     finally:
         instance.teardown()
+
+
+# ---------------------------------------------------------------------------------------
+# The studio in cluster mode (`talkie serve --store`) and pages on its WebSocket
+# (test_studio_cluster.py)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bound to port 0, then released)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Answer:
+    """One HTTP answer of the studio."""
+
+    status: int
+    body: bytes
+    headers: dict
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except json.JSONDecodeError:
+            raise AssertionError(f"the studio answered {self.status} with something that is not JSON: {self.body[:300]!r}") from None
+
+
+class Studio:
+    """`talkie serve --workspace W --port P --store URL` started by a Cluster (so stopped at
+    its teardown), with a small HTTP client (standard library only)."""
+
+    def __init__(self, cluster: "Cluster", workspace: Path, store: str, extra: list[str], name: str = "studio"):
+        self.cluster = cluster
+        self.workspace = workspace
+        self.outputs = workspace / "outputs"
+        self.port = free_port()
+        self.process = cluster.start(name, ["serve", "--workspace", str(workspace), "--host", "127.0.0.1",
+                                            "--port", str(self.port), "--store", store, *extra])
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_started(self, seconds: float) -> None:
+        """Until the banner (printed once the socket listens); fails if the studio exits."""
+        started = harness.wait_for(lambda: "Talkie studio:" in self.process.stdout() or not self.process.alive(),
+                                   seconds=seconds, step=0.1)
+        if not self.process.alive():
+            raise AssertionError(f"`talkie serve --store` exited {self.process.popen.returncode} at start\n{self.process.output()}")
+        if not started:
+            raise AssertionError(f"`talkie serve --store` printed no banner within {seconds:.0f} s\n{self.process.output()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
+                timeout: float = 60) -> Answer:
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(self.base + path, data=body, method=method,
+                                         headers={"Content-Type": content_type} if body is not None else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return Answer(response.status, response.read(), dict(response.headers))
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, error.read(), dict(error.headers))
+        except OSError as error:
+            raise AssertionError(f"{method} {path}: no answer from the studio ({error})\n{self.process.output()}") from None
+
+    def api(self, method: str, path: str, payload: object | None = None, expect: tuple[int, ...] = (200, 202),
+            timeout: float = 60):
+        """A JSON call that must answer one of `expect`; its JSON (or {} for an empty body)."""
+        body = json.dumps(payload).encode() if payload is not None else (b"" if method in ("POST", "PUT") else None)
+        answer = self.request(method, path, body, timeout=timeout)
+        assert answer.status in expect, (f"{method} {path} answered {answer.status} (expected {expect}): "
+                                         f"{answer.body[:500]!r}\n{self.process.output()}")
+        return answer.json() if answer.body else {}
+
+    def upload(self, kind: str, file: Path, name: str) -> dict:
+        """POST /api/inputs/{kind}?name=… with the file's bytes; must answer 201."""
+        answer = self.request("POST", f"/api/inputs/{kind}?name={urllib.parse.quote(name)}", file.read_bytes(),
+                              content_type="application/octet-stream")
+        assert answer.status == 201, f"uploading {name} answered {answer.status}: {answer.body[:500]!r}"
+        return answer.json()
+
+    def state(self) -> dict:
+        return self.api("GET", "/api/state", expect=(200,))
+
+    def wait_state(self, predicate, seconds: float, what: str) -> dict:
+        """Polls GET /api/state until `predicate(state)` holds."""
+        deadline = time.monotonic() + seconds
+        while True:
+            state = self.state()
+            if predicate(state):
+                return state
+            if time.monotonic() > deadline:
+                rows = "\n".join(f"  {item['key'][:12]} {item['status']} attempts {item.get('attempts')} device {item.get('device')}"
+                                 for item in state.get("items", []))
+                raise AssertionError(f"{what}: not within {seconds:.0f} s (GET /api/state: running {state.get('running')}, "
+                                     f"summary {state.get('summary')})\n{rows}\n{self.cluster.outputs()}")
+            time.sleep(0.25)
+
+
+class Page:
+    """One page on the studio's /ws: every message, in order, collected by a thread
+    (websocket-client, in .venv, answers the server's pings)."""
+
+    def __init__(self, port: int, timeout: float = 60):
+        import threading
+        import websocket  # websocket-client
+        self.ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=timeout)
+        self.ws.settimeout(None)
+        self.messages: list[dict] = []
+        self.error: str = ""
+        self.ended = False
+        self.condition = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                text = self.ws.recv()
+                if not text:
+                    break
+                message = json.loads(text)
+                with self.condition:
+                    self.messages.append(message)
+                    self.condition.notify_all()
+        except Exception as error:  # noqa: BLE001 - reported by wait()
+            if not self.ended:
+                self.error = f"{type(error).__name__}: {error}"
+        finally:
+            with self.condition:
+                self.ended = True
+                self.condition.notify_all()
+
+    def received(self) -> list[dict]:
+        with self.condition:
+            return list(self.messages)
+
+    def events(self, name: str | None = None) -> list[dict]:
+        """The runner events received ({"type":"event"}'s "event"), of one name or all."""
+        return [message["event"] for message in self.received()
+                if message.get("type") == "event" and (name is None or message["event"].get("event") == name)]
+
+    def snapshots(self) -> list[dict]:
+        return [message["state"] for message in self.received() if message.get("type") == "snapshot"]
+
+    def wait(self, predicate, seconds: float, what: str, context: str = "") -> None:
+        """Until `predicate(self)` holds; fails with what the page received."""
+        deadline = time.monotonic() + seconds
+        with self.condition:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended:
+                    break
+                self.condition.wait(timeout=min(left, 0.5))
+        if predicate(self):
+            return
+        events = [f"{event.get('event')} {str(event.get('key', ''))[:12]} {event.get('device') or ''}".rstrip()
+                  for event in self.events() if event.get("event") != "item_progress"]
+        last = (self.snapshots() or [{}])[-1]
+        raise AssertionError(f"page: {what}: not within {seconds:.0f} s"
+                             f"{' (its WebSocket ended: ' + (self.error or 'closed') + ')' if self.ended else ''}\n"
+                             f"events received (progress left out): {events}\n"
+                             f"last snapshot: running {last.get('running')}, summary {last.get('summary')}\n{context}")
+
+    def close(self) -> None:
+        self.ended = True
+        with contextlib.suppress(Exception):
+            self.ws.close(timeout=1)
