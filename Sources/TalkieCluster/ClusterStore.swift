@@ -189,8 +189,11 @@ public struct ClusterStore: Sendable {
     /// Pauses (workers finish their items and claim no more) or resumes the cluster.
     public func setPaused(_ paused: Bool) async throws(ClusterError) {
         let logger = logger
-        try await database.withConnection { connection in
+        try await database.transaction { connection in
             try await connection.query("UPDATE talkie_batch SET paused = \(paused) WHERE id = 1", logger: logger)
+            if paused {
+                try await Self.notify(connection, logger: logger, .warning("the cluster is paused: running items finish, nothing new starts"))
+            }
         }
     }
 
@@ -198,9 +201,10 @@ public struct ClusterStore: Sendable {
     /// (its worker sees the stop at its next heartbeat).
     public func stop() async throws(ClusterError) {
         let logger = logger
-        try await database.withConnection { connection in
+        try await database.transaction { connection in
             try await connection.query("UPDATE talkie_batch SET paused = true, stop_generation = stop_generation + 1 WHERE id = 1",
                                        logger: logger)
+            try await Self.notify(connection, logger: logger, .warning("the cluster was stopped: running items return to the queue, nothing new starts"))
         }
     }
 
