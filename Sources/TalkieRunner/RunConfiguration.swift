@@ -53,7 +53,11 @@ public struct RunConfiguration: Sendable {
     }
 
     /// One entry per engine worker: its GPU, or nil when no GPUs are listed.
-    public var workerDevices: [String?] {
+    public var workerDevices: [String?] { Self.workerDevices(gpus: gpus, slots: slots) }
+
+    /// One entry per engine worker (of a run, or of a cluster worker): its GPU, or `slots`
+    /// times nil when no GPUs are listed.
+    public static func workerDevices(gpus: [String], slots: Int) -> [String?] {
         gpus.isEmpty ? Array(repeating: nil, count: max(1, slots)) : gpus.map { $0 }
     }
 

@@ -69,16 +69,12 @@ struct Worker: AsyncParsableCommand {
     var json = false
 
     func validate() throws {
-        guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64") }
-        if let gpus {
-            guard slots == 1 else { throw ValidationError("give --gpus or --slots, not both: --gpus starts one worker per GPU") }
-            if let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
-        }
+        try validateEngineWorkers(slots: slots, gpus: gpus)
     }
 
     func run() async throws {
         let cluster = try store.open()
-        let devices: [String?] = gpus.map { gpuList($0).map { Optional($0) } } ?? Array(repeating: nil, count: slots)
+        let devices = RunConfiguration.workerDevices(gpus: gpus.map(gpuList) ?? [], slots: slots)
         let owner = name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())"
         let worker = ClusterWorker(store: cluster, config: WorkerConfiguration(name: owner, devices: devices, exitWhenIdle: exitWhenIdle))
         let signals = SignalWatcher([SIGINT, SIGTERM])

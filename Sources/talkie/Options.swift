@@ -51,11 +51,7 @@ struct BatchOptions: ParsableArguments {
     var detach = false
 
     func validate() throws {
-        guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64") }
-        if let gpus {
-            guard slots == 1 else { throw ValidationError("give --gpus or --slots, not both: --gpus starts one worker per GPU") }
-            if let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
-        }
+        try validateEngineWorkers(slots: slots, gpus: gpus)
         guard maxAttempts >= 1 else { throw ValidationError("--max-attempts must be at least 1") }
         guard retryDelay >= 0 else { throw ValidationError("--retry-delay cannot be negative") }
         if let itemTimeout, itemTimeout <= 0 { throw ValidationError("--item-timeout must be positive") }
@@ -81,6 +77,16 @@ struct BatchOptions: ParsableArguments {
             itemTimeout: itemTimeout, retry: retry, contactSheets: contactSheet)
         config.gpus = gpus.map(gpuList) ?? []
         return config
+    }
+}
+
+/// Checks `--slots` and `--gpus` (of `talkie run` and `talkie worker`): one or the other,
+/// within bounds, every GPU a valid entry once.
+func validateEngineWorkers(slots: Int, gpus: String?) throws {
+    guard slots >= 1 && slots <= 64 else { throw ValidationError("--slots must be between 1 and 64") }
+    if let gpus {
+        guard slots == 1 else { throw ValidationError("give --gpus or --slots, not both: --gpus starts one worker per GPU") }
+        if let problem = RunConfiguration.gpuListProblem(gpuList(gpus)) { throw ValidationError(problem) }
     }
 }
 
