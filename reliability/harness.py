@@ -223,10 +223,11 @@ def small_batch(folder: Path, count: int = 3, seconds: float = 1.0) -> Batch:
 
 
 def run_talkie(args: list[str], env: dict[str, str] | None = None, timeout: float = 180,
-               prefix: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Runs talkie to the end (or kills it after `timeout`) and captures its output.
-    `prefix` goes before the binary (strace ..., say)."""
-    command = [*(prefix or []), talkie_bin(), *args]
+               prefix: list[str] | None = None, cwd: Path | None = None,
+               binary: str | None = None) -> subprocess.CompletedProcess:
+    """Runs talkie (`binary`, else talkie_bin()) to the end, or kills it after `timeout`, and
+    captures its output. `prefix` goes before the binary (strace ..., say)."""
+    command = [*(prefix or []), binary or talkie_bin(), *args]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env, cwd=cwd, start_new_session=True, text=True, errors="replace")
     try:

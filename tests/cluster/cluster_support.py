@@ -263,17 +263,7 @@ class Cluster:
 
     def talkie(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
         """Runs talkie to its end and captures its output."""
-        command = [str(talkie_binary()), *args]
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=self.env(**env), start_new_session=True, text=True, errors="replace")
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"`talkie {' '.join(args)}` did not end within {timeout:.0f} s\n{stderr[-2000:]}") from None
-        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+        return harness.run_talkie(list(args), env=self.env(**env), timeout=timeout, binary=str(talkie_binary()))
 
     def run_args(self, videos: list[Path] | None = None, *extra: str, store: str | None = None) -> list[str]:
         """`talkie run --store` for this cluster's batch with the test engine."""
