@@ -78,18 +78,9 @@ struct Worker: AsyncParsableCommand {
         let owner = name ?? "\(ProcessInfo.processInfo.hostName):\(getpid())"
         let worker = ClusterWorker(store: cluster, config: WorkerConfiguration(name: owner, devices: devices, exitWhenIdle: exitWhenIdle))
         let signals = SignalWatcher([SIGINT, SIGTERM])
-        let json = json
-        async let printed: Void = {
-            for await timed in worker.events {
-                if json {
-                    print(timed.jsonLine)
-                } else if case .itemProgress = timed.event {
-                    continue  // progress goes to the pages; a worker's log keeps one line per change
-                } else {
-                    print("\(owner): " + describe(timed.event))
-                }
-            }
-        }()
+        // A worker's log: one line per change (progress goes to the pages), or JSON events.
+        let printer = EventPrinter(mode: json ? .json : .plain, outputs: nil)
+        async let printed: Void = { for await timed in worker.events { printer.print(timed) } }()
         let result: Result<ClusterWorker.Summary, any Error> = await withTaskGroup(of: Result<ClusterWorker.Summary, any Error>?.self) { group in
             group.addTask {
                 do { return .success(try await worker.run()) } catch { return .failure(error) }
@@ -122,21 +113,6 @@ struct Worker: AsyncParsableCommand {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             throw ExitCode(ExitStatus.badInput)
         }
-    }
-}
-
-/// One line per event, for a worker's log.
-func describe(_ event: BatchEvent) -> String {
-    switch event {
-    case .batchStarted(let total, let toRender, _): "batch of \(total) items, \(toRender) to render"
-    case .itemQueued(_, let name): "\(name) queued"
-    case .itemStarted(_, let name, let attempt, let device): "\(name) started (attempt \(attempt)\(device.map { ", \($0)" } ?? ""))"
-    case .itemProgress(let key, let progress): "\(key.short): \(progress.frame)/\(progress.frames) \(progress.unit.rawValue)"
-    case .itemSucceeded(_, let name, let output, let seconds, _): "\(name) done in \(String(format: "%.1f", seconds)) s: \(output)"
-    case .itemFailed(_, let name, let error, let willRetry): "\(name) failed: \(error.message)\(willRetry ? " (will retry)" : "")"
-    case .itemStopped(_, let name): "\(name) stopped; back in the queue"
-    case .warning(let message): "note: \(message)"
-    case .batchFinished(let summary): "\(summary.succeeded) of \(summary.total) done, \(summary.failed) failed"
     }
 }
 
@@ -282,7 +258,7 @@ enum ClusterRunCommand {
         let store: ClusterStore
         do { store = ClusterStore(try ClusterDatabase(url: url)) } catch { throw ValidationError(error.message) }
         let printer = EventPrinter(mode: options.json ? .json : (isatty(STDOUT_FILENO) == 1 ? .terminal : .plain),
-                                   outputs: configuration.outputs)
+                                   outputs: configuration.outputs, store: store.database.displayURL)
         var policy = ClusterPolicy()
         policy.maxAttempts = options.maxAttempts
         policy.retryDelay = options.retryDelay

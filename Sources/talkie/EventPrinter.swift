@@ -8,7 +8,8 @@ final class EventPrinter: @unchecked Sendable {
     enum Mode { case terminal, plain, json }
 
     private let mode: Mode
-    private let outputs: String
+    private let outputs: String?
+    private let store: String?
     private var total = 0
     private var finished = 0
     private var current: (name: String, progress: RenderProgress)?
@@ -17,9 +18,13 @@ final class EventPrinter: @unchecked Sendable {
     private var toRender = 0
     private var statusLineShown = false
 
-    init(mode: Mode, outputs: String) {
+    /// `outputs`: the batch's output folder, when one is known (a cluster worker serves
+    /// whatever batch the cluster has). `store`: the cluster's database as shown to people,
+    /// in cluster mode.
+    init(mode: Mode, outputs: String?, store: String? = nil) {
         self.mode = mode
         self.outputs = outputs
+        self.store = store
     }
 
     func print(_ timed: TimedEvent) {
@@ -70,7 +75,7 @@ final class EventPrinter: @unchecked Sendable {
             renderSeconds.append(seconds)
             current = nil
             let scoreText = score.map { String(format: ", lip-sync %.2f", $0) } ?? ""
-            line("done  \(name) -> \(outputs)/\(output) (\(String(format: "%.1f", seconds)) s\(scoreText))")
+            line("done  \(name) -> \(outputs.map { "\($0)/" } ?? "")\(output) (\(String(format: "%.1f", seconds)) s\(scoreText))")
         case .itemFailed(_, let name, let error, let willRetry):
             if !willRetry { finished += 1 }
             current = nil
@@ -84,8 +89,15 @@ final class EventPrinter: @unchecked Sendable {
             current = nil
             var text = "finished: \(summary.succeeded)/\(summary.total) done, \(summary.failed) failed, \(summary.pending) pending; rendered \(summary.renderedThisRun) this run."
             if summary.interrupted { text += " Interrupted: run the same command again to continue." }
-            if summary.failed > 0 { text += " See `talkie status --out \(outputs)`; retry with `talkie retry --out \(outputs) --failed`." }
-            text += " Keep a backup of \(outputs)/task_status.json."
+            let out = outputs ?? "OUT"
+            if let store {
+                // The state is in the database, not in a task_status.json.
+                if summary.failed > 0 { text += " See `talkie status --store \(store)`; retry with `talkie retry --store \(store) --out \(out) --failed`." }
+                text += " Back up the database, or export the batch: `talkie store export --store \(store) --out FOLDER`."
+            } else {
+                if summary.failed > 0 { text += " See `talkie status --out \(out)`; retry with `talkie retry --out \(out) --failed`." }
+                text += " Keep a backup of \(out)/task_status.json."
+            }
             line(text)
         }
         if mode == .terminal { drawStatusLine() }
