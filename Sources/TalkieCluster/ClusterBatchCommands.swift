@@ -1,5 +1,6 @@
 import Foundation
 import PostgresNIO
+import Synchronization
 import TalkieCore
 import TalkieRunner
 import TalkieStore
@@ -67,13 +68,18 @@ public enum ClusterBatchCommands {
     }
 
     /// Passes every event of the cluster to `show` until no item of the batch is pending or
-    /// running (then returns the summary), reclaiming expired leases meanwhile (a follower is
+    /// running (then returns the summary, with the successes committed while it watched as
+    /// `renderedThisRun`), reclaiming expired leases meanwhile (a follower is
     /// a process of the cluster too). Waits out database outages.
     public static func follow(_ store: ClusterStore, show: @escaping @Sendable (TimedEvent) -> Void,
                               note: @escaping @Sendable (String) -> Void) async throws -> BatchSummary {
-        try await withThrowingTaskGroup(of: BatchSummary?.self) { group in
+        let rendered = SucceededCount()
+        return try await withThrowingTaskGroup(of: BatchSummary?.self) { group in
             group.addTask {
-                try await listen(store, show: show, note: note)
+                try await listen(store, show: { timed in
+                    if case .itemSucceeded = timed.event { rendered.value.add(1, ordering: .relaxed) }
+                    show(timed)
+                }, note: note)
                 return nil
             }
             group.addTask {
@@ -87,7 +93,9 @@ public enum ClusterBatchCommands {
                 }
                 // The last events may still be on their way: give the listener a moment.
                 try await Task.sleep(for: .milliseconds(300))
-                return try await summary(store)
+                var finished = try await summary(store)
+                finished.renderedThisRun = rendered.value.load(ordering: .relaxed)
+                return finished
             }
             var result: BatchSummary?
             for try await next in group where next != nil {
@@ -96,6 +104,11 @@ public enum ClusterBatchCommands {
             }
             return result ?? BatchSummary(total: 0, succeeded: 0, failed: 0, pending: 0, renderedThisRun: 0, interrupted: true)
         }
+    }
+
+    /// Items the cluster committed as successes while a follower watched.
+    private final class SucceededCount: Sendable {
+        let value = Atomic<Int>(0)
     }
 
     /// LISTENs to the cluster's events until cancelled, connecting again after an outage.
