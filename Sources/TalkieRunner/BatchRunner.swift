@@ -108,8 +108,7 @@ public actor BatchRunner {
             }
         }
 
-        var stored: [ItemKey: Item] = [:]
-        for item in store.allItems { stored[item.key] = item }
+        var stored = store.itemsByKey
         var imported: [Item] = []
         if !store.recovery.legacy.isEmpty {
             imported += importLegacy(store.recovery.legacy, inputs: inputs, audio: audioHash, cache: cache, stored: stored)
@@ -126,7 +125,10 @@ public actor BatchRunner {
             FileManager.default.fileExists(atPath: self.path(output))
         }
         let changed = Dictionary((imported + plan.changed).map { ($0.key, $0) }, uniquingKeysWith: { _, new in new })
-        try store.commit(Array(changed.values), batch: BatchInputs(audio: audioPath, videos: sources, settings: settings))
+        let batchInputs = BatchInputs(audio: audioPath, videos: sources, settings: settings)
+        if !changed.isEmpty || store.batch != batchInputs {
+            try store.commit(Array(changed.values), batch: batchInputs)
+        }
         if !imported.isEmpty { try store.compact() }
         try? cache.save(keeping: Set(inputs.map(\.path) + [audioPath]))
         for note in plan.notes { emit(.warning(note)) }
@@ -156,7 +158,7 @@ public actor BatchRunner {
             }
             if Task.isCancelled { interrupted = true }
         }
-        try store.compact()
+        try store.compactIfBehind()
         let summary = summarize(interrupted: interrupted || pauseRequested && !queue.isEmpty)
         emit(.batchFinished(summary))
         return summary

@@ -4,8 +4,9 @@ batch.
 
 How: one real batch is rendered with the test engine (three good templates and one that
 fails with kind "input"), giving three base states: "first run" (one snapshot, no .bak yet,
-the whole history in task_status.journal.prev), "second run" (a copy run again: a .bak one
-generation behind) and "killed run" (a copy run again with two more templates and SIGKILLed
+the whole history in task_status.journal.prev), "second run" (a copy whose failure is
+retried, so the run has a change to record: a .bak one generation behind; a run that
+changes nothing writes no new snapshot) and "killed run" (a copy run again with two more templates and SIGKILLed
 while rendering the second, so task_status.journal holds a success the snapshot lacks).
 Each case copies one of them, damages its state files (empty, truncated at every
 10 %, random bytes, zeros, JSON of the wrong shape, a future schema, a journal torn at its
@@ -79,8 +80,8 @@ class Base:
 
 
 def build_bases(ctx: harness.Context) -> dict[str, Base]:
-    """One batch rendered once ("first run"); a copy of its outputs run again ("second
-    run"); another copy run with two more templates and SIGKILLed ("killed run"). The
+    """One batch rendered once ("first run"); a copy of its outputs whose failure is retried
+    ("second run"); another copy run with two more templates and SIGKILLed ("killed run"). The
     copies share the narration and templates, so the keys are the same."""
     first = harness.small_batch(ctx.scratch("base-first-run"), count=3)
     harness.template(first.videos / "bad-fail-input.mp4", variant=11)
@@ -97,7 +98,10 @@ def build_bases(ctx: harness.Context) -> dict[str, Base]:
         if name == "killed run":
             kill_while_rendering(ctx, base, env)
         else:
-            result = harness.run_talkie(base.run_args(out), env=env, timeout=180)
+            args = base.run_args(out)
+            if name == "second run":
+                args = ["retry", "--failed", "--out", str(out), "--engine", "test", "--retry-delay", "0.1"]
+            result = harness.run_talkie(args, env=env, timeout=180)
             if result.returncode != 1:
                 raise RuntimeError(f"base {name}: the run exited {result.returncode}, expected 1: {result.stderr[-500:]}")
         state = harness.status(out, env=env)
