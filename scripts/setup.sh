@@ -39,26 +39,54 @@ command -v swift >/dev/null 2>&1 || {
     exit 2
 }
 
-# 3. The engines' Python environment (PyPI only, pinned), rebuilt when the pins change.
+# 3. The engines' Python environment (PyPI only, pinned), rebuilt when the pins change. It
+# installs in the background while Swift builds (step 4): the download is mostly waiting.
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3)
 REQUIREMENTS=(engines/requirements.txt)
 [ -f engines/requirements-wav2lip.txt ] && REQUIREMENTS+=(engines/requirements-wav2lip.txt)
 [ -f engines/requirements-test.txt ] && REQUIREMENTS+=(engines/requirements-test.txt)
 stamp=$(cat "${REQUIREMENTS[@]}" engines/constraints.txt engines/requirements-nodeps.txt 2>/dev/null | sha256sum | cut -c1-16)
-if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then
-    say "installing the engine's Python environment in .venv"
+install_venv() {
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    args=()
+    local args=()
     for file in "${REQUIREMENTS[@]}"; do args+=(-r "$file"); done
     [ -f engines/constraints.txt ] && args+=(-c engines/constraints.txt)
     .venv/bin/python -m pip install -q "${args[@]}"
     [ -f engines/requirements-nodeps.txt ] && .venv/bin/python -m pip install -q --no-deps -r engines/requirements-nodeps.txt
     echo "$stamp" > .venv/.talkie-stamp
+}
+venv_job=""
+venv_log=.build/venv-install.log
+if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then
+    say "installing the engine's Python environment in .venv, beside the Swift build (log: $venv_log)"
+    mkdir -p .build
+    install_venv > "$venv_log" 2>&1 &
+    venv_job=$!
+    # Never leave it running behind a failed build.
+    trap 'pkill -P "$venv_job" 2>/dev/null; kill "$venv_job" 2>/dev/null; true' EXIT
 fi
 
-# 3b. With an NVIDIA GPU, onnxruntime-gpu (same version) takes the place of onnxruntime, so
+# 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).
+say "building Talkie (a first build takes a few minutes)"
+if [ $WITH_TESTS -eq 1 ]; then
+    swift build --build-tests 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
+else
+    swift build --product talkie 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
+fi
+mkdir -p bin && ln -sf "$ROOT/.build/debug/talkie" bin/talkie
+
+if [ -n "$venv_job" ]; then
+    if ! wait "$venv_job"; then
+        echo "error: installing the engine's Python environment failed (the end of $venv_log):" >&2
+        tail -30 "$venv_log" >&2
+        exit 1
+    fi
+    trap - EXIT
+fi
+
+# 5. With an NVIDIA GPU, onnxruntime-gpu (same version) takes the place of onnxruntime, so
 # the wav2lip engine runs on CUDA. TALKIE_GPU=1 forces it, TALKIE_GPU=0 keeps the CPU build.
 # The two packages own the same module: the CPU one goes first, the GPU one is then
 # installed afresh (after a pin change reinstalled the CPU one, this runs again).
@@ -79,11 +107,3 @@ if [ "$want_gpu" = 1 ] && [ -x .venv/bin/python ] && .venv/bin/python -m pip sho
     .venv/bin/python -m pip install -q "$gpu_package" -c engines/constraints.txt
 fi
 
-# 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).
-say "building Talkie (a first build takes a few minutes)"
-if [ $WITH_TESTS -eq 1 ]; then
-    swift build --build-tests 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
-else
-    swift build --product talkie 2>&1 | sed '/^\[[0-9]*\/[0-9]*\]/d'
-fi
-mkdir -p bin && ln -sf "$ROOT/.build/debug/talkie" bin/talkie
