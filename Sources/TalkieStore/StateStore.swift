@@ -320,7 +320,11 @@ public final class StateStore {
 
         var document = base ?? StateDocument.empty(writtenBy: "talkie")
         var items: [ItemKey: Item] = [:]
+        items.reserveCapacity(document.items.count)
         for item in document.items { items[item.key] = item }
+        // The dictionary holds the items now: keeping the decoded array too would double a large batch.
+        document.items = []
+        base?.items = []
         var lastSequence = document.lastSequence
         var expected = lastSequence + 1
         var gap = false
