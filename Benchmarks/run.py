@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -68,16 +69,34 @@ def machine() -> list[str]:
     except (OSError, StopIteration):
         memory = 0
     filesystem = subprocess.run(["df", "--output=fstype", "/tmp"], capture_output=True, text=True).stdout.split()[-1:]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return [
         f"- Machine: {os.cpu_count()} × {cpu}, {memory / 1048576:.1f} GiB RAM, Linux {platform.release()}, "
         f"scratch on {' '.join(filesystem) or '?'} (`/tmp`), shared with other work: figures vary between runs.",
-        f"- Talkie at commit {commit or '?'}{' (with uncommitted changes)' if dirty else ''}, built in release mode.",
         f"- Versions: {version(['swift', '--version'])}; {version(['ffmpeg', '-version'])}; "
         f"{version(['xxhsum', '--version'])}; {version(['hyperfine', '--version'])}; {version(['wrk', '-v'])}; "
         f"Python {platform.python_version()}.",
     ]
+
+
+def revision() -> str:
+    """The commit being measured, marked when the working tree differs from it."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (commit or "?") + (" with uncommitted changes" if dirty else "")
+
+
+def provenance(parts: Path) -> str:
+    """When, at which commit and in how long each kept section was measured: a rerun of one
+    section keeps the others, which may come from an earlier commit."""
+    said = []
+    for name in SECTIONS:
+        try:
+            meta = json.loads((parts / f"{name}.meta.json").read_text())
+            said.append(f"{name} {meta['date']} at commit {meta['commit']} in {meta['seconds']:.0f} s")
+        except (OSError, ValueError, KeyError):
+            if (parts / f"{name}.md").exists():
+                said.append(f"{name} (when and at which commit not recorded)")
+    return "- Sections, each measured in one run, Talkie built in release mode: " + "; ".join(said) + "."
 
 
 def main() -> int:
@@ -114,16 +133,17 @@ def main() -> int:
         if subprocess.run(commands[name], cwd=ROOT, env=env).returncode != 0 or not (parts / f"{name}.md").exists():
             failed.append(name)
         took[name] = time.monotonic() - start
+        if name not in failed:
+            (parts / f"{name}.meta.json").write_text(json.dumps(
+                {"date": datetime.date.today().isoformat(), "commit": revision(), "seconds": round(took[name])}))
 
-    today = datetime.date.today().isoformat()
     lines = ["# Benchmarks", "",
              "Every figure is measured side by side with its baseline, in the same run on the same machine,",
              "and given as a ratio. Medians of several runs, with min–max in brackets. A target that is",
              "missed says **no**; the reason is in the section's notes.", "",
              "Regenerate: `scripts/bench.sh` (installs what is missing, builds in release mode, runs every",
-             f"section and rewrites this file; `scripts/bench.sh core` runs one section). Measured {today}:", "",
-             *machine(), "",
-             "This run: " + ", ".join(f"{name} {took[name]:.0f} s" for name in sections) + ".", ""]
+             "section and rewrites this file; `scripts/bench.sh core` runs one section).", "",
+             *machine(), provenance(parts), ""]
     for name in SECTIONS:
         part = parts / f"{name}.md"
         if part.exists():
