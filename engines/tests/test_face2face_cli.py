@@ -102,7 +102,9 @@ def f2f(tmp_path, media, template_files):
     share, temp = tmp_path / "share", tmp_path / "temp"
     share.mkdir()
     temp.mkdir()
-    svc = RecordingStandin(str(temp), {SHARE_AS: str(share)}, stage_seconds=0.05)
+    # Each stage lasts five of the worker's polls (0.05 s), so a busy machine that delays a
+    # poll still sees every stage (at 0.05 s a stage a poll missed was never reported).
+    svc = RecordingStandin(str(temp), {SHARE_AS: str(share)}, stage_seconds=0.25)
     out = tmp_path / "out"
 
     def templates(n: int) -> str:
