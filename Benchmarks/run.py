@@ -85,7 +85,7 @@ def revision() -> str:
     return (commit or "?") + (" with uncommitted changes" if dirty else "")
 
 
-def provenance(parts: Path) -> str:
+def provenance(parts: Path, configuration: str) -> str:
     """When, at which commit and in how long each kept section was measured: a rerun of one
     section keeps the others, which may come from an earlier commit."""
     said = []
@@ -96,7 +96,7 @@ def provenance(parts: Path) -> str:
         except (OSError, ValueError, KeyError):
             if (parts / f"{name}.md").exists():
                 said.append(f"{name} (when and at which commit not recorded)")
-    return "- Sections, each measured in one run, Talkie built in release mode: " + "; ".join(said) + "."
+    return f"- Sections, each measured in one run, Talkie built in {configuration} mode: " + "; ".join(said) + "."
 
 
 def main() -> int:
@@ -143,7 +143,7 @@ def main() -> int:
              "missed says **no**; the reason is in the section's notes.", "",
              "Regenerate: `scripts/bench.sh` (installs what is missing, builds in release mode, runs every",
              "section and rewrites this file; `scripts/bench.sh core` runs one section).", "",
-             *machine(), provenance(parts), ""]
+             *machine(), provenance(parts, "debug" if args.quick else "release"), ""]
     for name in SECTIONS:
         part = parts / f"{name}.md"
         if part.exists():
