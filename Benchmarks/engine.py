@@ -607,8 +607,9 @@ def main() -> int:
                      "run after it reuses it.")
         notes.append("Beyond the floor, the engine pipes raw yuv420p frames out of ffmpeg and back in, converts each "
                      "to RGB and back, runs the mediapipe face mesh on every template frame (cold cache only), "
-                     "renders the mouth, and measures the mouth opening on every output frame for the lip-sync "
-                     "score (a second face-mesh pass, cold or warm), besides probing and analysing the audio.")
+                     "renders the mouth, and measures the mouth opening on every 2nd output frame for the lip-sync "
+                     "score (a second face-mesh pass, cold or warm; every frame when a render has under 250 "
+                     "frames), besides probing and analysing the audio.")
     cpu = []
     ratios = []
     for n in names:
