@@ -174,8 +174,8 @@ public final class StateStore {
     }
 
     /// Writes the whole state as a new snapshot generation and starts a new journal.
-    /// Called at batch end and when the journal has grown as long as the batch (so its cost,
-    /// O(items), is spread over as many changes: O(1) each).
+    /// Called at batch end (through `compactIfBehind`) and when the journal has grown as long
+    /// as the batch (so its cost, O(items), is spread over as many changes: O(1) each).
     public func compact() throws(StoreError) {
         guard !poisoned, journalFD >= 0 else { throw .poisoned }
         do throws(StoreError) {

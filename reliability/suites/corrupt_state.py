@@ -6,8 +6,9 @@ How: one real batch is rendered with the test engine (three good templates and o
 fails with kind "input"), giving three base states: "first run" (one snapshot, no .bak yet,
 the whole history in task_status.journal.prev), "second run" (a copy whose failure is
 retried, so the run has a change to record: a .bak one generation behind; a run that
-changes nothing writes no new snapshot) and "killed run" (a copy run again with two more templates and SIGKILLed
-while rendering the second, so task_status.journal holds a success the snapshot lacks).
+changes nothing writes no new snapshot) and "killed run" (a copy run again with two more
+templates and SIGKILLed while rendering the second, so task_status.journal holds a success
+the snapshot lacks).
 Each case copies one of them, damages its state files (empty, truncated at every
 10 %, random bytes, zeros, JSON of the wrong shape, a future schema, a journal torn at its
 end or in its middle, stale temp files, a missing .bak, a damaged hash cache, and
