@@ -359,6 +359,24 @@ def main() -> None:
     log(f"wrote {args.out / 'core.md'}")
 
 
+def state_flatness_note(ours: dict) -> str:
+    """Talkie's cost per item at every N side by side, and why a missed ≤ 2 ms is not N."""
+    counts = sorted(ours, key=int)
+    note = ("Talkie's state per item at " + " / ".join(f"{int(c):,}" for c in counts) + " items: median " +
+            " / ".join(fmt(ours[c]["p50_ms"], 3) for c in counts) + " ms, p99 " +
+            " / ".join(fmt(ours[c]["p99_ms"], 3) for c in counts) + " ms.")
+    largest, smallest = ours[counts[-1]], ours[counts[0]]
+    if largest["p99_ms"] > 2 and smallest["p99_ms"] >= largest["p99_ms"]:
+        note += (f" The ≤ 2 ms target is missed by the p99 at {int(counts[-1]):,} items, not by the median; the p99 "
+                 f"at {int(counts[0]):,} items in the same run is {fmt(smallest['p99_ms'], 3)} ms, so the tail is "
+                 "the disk's fdatasync latency on this shared machine, not the batch size (each change is one "
+                 "append and one fdatasync whatever N is).")
+    elif largest["p99_ms"] > 2:
+        note += (f" The ≤ 2 ms target is missed: the p99 grows from {fmt(smallest['p99_ms'], 3)} ms at "
+                 f"{int(counts[0]):,} items to {fmt(largest['p99_ms'], 3)} ms at {int(counts[-1]):,}.")
+    return note
+
+
 def markdown(args, sections, store) -> str:
     command = "python3 Benchmarks/core.py" + (" --quick" if args.quick else "") + " --out DIR"
     lines = ["## The batch core: hashing, restart, durable state, memory", "",
@@ -395,6 +413,7 @@ def markdown(args, sections, store) -> str:
                  "item (without fsync: it is not even durable), so its cost grows with the batch — quadratic in "
                  "total; it is sampled over the first items only (" +
                  ", ".join(f"{d['sampled']} at {count:,}" for count, d in state_figures.items()) + ").")
+    notes.append(state_flatness_note(sections["state"][1]["talkie"]))
     memory_figures = sections["memory"][1]
     notes.append("Memory: peak RSS from wait4. A finished batch is the restart path (load the state, scan and hash "
                  "every input); the rendering runs use the test engine (a copy + mux by ffmpeg per item), whose "
