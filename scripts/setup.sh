@@ -65,7 +65,8 @@ if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)"
     install_venv > "$venv_log" 2>&1 &
     venv_job=$!
     # Never leave it running behind a failed build.
-    trap 'pkill -P "$venv_job" 2>/dev/null; kill "$venv_job" 2>/dev/null; true' EXIT
+    # (|| true: under set -e a failing command in the trap would turn the exit status to 1)
+    trap 'pkill -P "$venv_job" 2>/dev/null || true; kill "$venv_job" 2>/dev/null || true' EXIT
 fi
 
 # 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).

@@ -25,7 +25,8 @@ mkdir -p .build
 ) > "$bench_log" 2>&1 &
 bench_build=$!
 # Never leave that build running behind an interrupted or failed run.
-trap 'pkill -P "$bench_build" 2>/dev/null; kill "$bench_build" 2>/dev/null; true' EXIT
+# (|| true: under set -e a failing command in the trap would turn the exit status to 1)
+trap 'pkill -P "$bench_build" 2>/dev/null || true; kill "$bench_build" 2>/dev/null || true' EXIT
 
 status=0
 if [ -x .venv/bin/python ]; then
