@@ -5,10 +5,11 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
+import ServiceLifecycle
 
 /// Hummingbird's HTTP/1 channel with the WebSocket upgrade, plus an answer to requests
 /// the HTTP parser rejects (a negative Content-Length, a header without a colon, ...) and
-/// to `Expect: 100-continue`.
+/// to `Expect: 100-continue`, and a bound on how long a shutdown waits for a connection.
 ///
 /// The upgrade channel turns NIO's protocol error handling off and its upgrade handler
 /// never sees the parser's error, so such a connection was neither answered nor closed:
@@ -35,8 +36,21 @@ struct StudioChannel: ServerChildChannel {
         }
     }
 
+    /// How long a graceful shutdown (SIGTERM, Ctrl-C) lets a request that is still under way
+    /// finish before its connection is closed.
+    static let shutdownGrace: TimeAmount = .seconds(5)
+
+    /// Hummingbird's shutdown closes idle connections and waits for every request under way
+    /// to finish, however long that takes: an upload arriving slowly, or a video that a
+    /// paused player has stopped reading, kept `talkie serve` from exiting, for ever. Such
+    /// a connection is now closed once `shutdownGrace` has passed.
     func handle(value: HTTP1WebSocketUpgradeChannel.Value, logger: Logger) async {
-        await inner.handle(value: value, logger: logger)
+        let channel = value.channel
+        await withGracefulShutdownHandler {
+            await inner.handle(value: value, logger: logger)
+        } onGracefulShutdown: {
+            channel.eventLoop.scheduleTask(in: Self.shutdownGrace) { channel.close(promise: nil) }
+        }
     }
 }
 

@@ -3,7 +3,8 @@ import Testing
 import TalkieCore
 
 /// `talkie serve` as a process: SIGTERM mid-item stops it cleanly (exit 0, the item back to
-/// pending), and the next start shows the same batch and finishes it.
+/// pending), and the next start shows the same batch and finishes it; clients that stall do
+/// not hold a shutdown up.
 @Suite(.serialized) struct StudioProcessTests {
     func curl(_ arguments: [String]) async throws -> String {
         try await sh((["curl", "-s", "--max-time", "30"] + arguments).map { "'\($0)'" }.joined(separator: " "))
@@ -66,5 +67,57 @@ import TalkieCore
         #expect(perItem.count == 3 && perItem.values.allSatisfy { (1...2).contains($0) }, "\(perItem)")
         #expect(perItem.values.reduce(0, +) <= 4, "\(perItem)")
         #expect(try await workspace.survivingWorkers().isEmpty)
+    }
+
+    /// Established TCP connections whose local port is `port` (the server's side of them).
+    func serverConnections(_ port: Int) -> Int {
+        let table = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? ""
+        let local = String(format: ":%04X", port)
+        return table.split(separator: "\n").dropFirst().filter { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 3 && fields[1].hasSuffix(local) && fields[3] == "01"
+        }.count
+    }
+
+    /// Whether `pid` has exited (gone, or a zombie not yet reaped).
+    func hasExited(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }
+        return stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+    }
+
+    @Test func sigtermDoesNotWaitForClientsThatStall() async throws {
+        let workspace = try await Workspace()
+        let port = Int.random(in: 20_000..<40_000)
+        let big = workspace.root + "/big.mp4"
+        try await sh("head -c 16000000 /dev/urandom > '\(big)'")
+        let code = try await serve(workspace, port: port) { pid in
+            let answer = try await self.curl(["-X", "POST", "--data-binary", "@" + big, "http://127.0.0.1:\(port)/api/inputs/videos?name=big.mp4"])
+            let key = try #require((try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any])?["key"] as? String)
+            // An upload that arrives at 2 KiB/s and a download read at 2 KiB/s: both would take hours.
+            try await sh("""
+                curl -s --max-time 120 --limit-rate 2k -X POST --data-binary @'\(big)' 'http://127.0.0.1:\(port)/api/inputs/videos?name=slow.mp4' >/dev/null 2>&1 &
+                curl -s --max-time 120 --limit-rate 2k -o /dev/null 'http://127.0.0.1:\(port)/api/inputs/videos/\(key)' >/dev/null 2>&1 &
+                """)
+            let deadline = Date().addingTimeInterval(20)
+            while self.serverConnections(port) < 2 {
+                guard Date() < deadline else { throw CLIFailure(message: "the two slow clients did not connect") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            try await Task.sleep(for: .milliseconds(500))  // both requests under way
+            let clock = ContinuousClock()
+            let start = clock.now
+            kill(pid, SIGTERM)
+            while !self.hasExited(pid) && clock.now - start < .seconds(60) { try await Task.sleep(for: .milliseconds(50)) }
+            guard self.hasExited(pid) else {
+                kill(pid, SIGKILL)
+                throw CLIFailure(message: "talkie serve was still running 60 s after SIGTERM, waiting for its slow clients")
+            }
+            // The grace is 5 s; the rest of the bound is room for a busy machine.
+            #expect(clock.now - start < .seconds(30), "talkie serve took \(clock.now - start) to exit")
+        }
+        _ = try? await sh("pkill -f 'limit-rate 2k.*127.0.0.1:\(port)/' || true")
+        #expect(code == 0, "SIGTERM is a clean stop")
+        let parts = try await sh("find '\(workspace.root)/studio' -name '*.part'")
+        #expect(parts.isEmpty, "the cut-off upload left \(parts)")
     }
 }
