@@ -43,7 +43,7 @@ done
 [ -n "$MODEL" ] || { echo "error: give the model file: scripts/gpu-smoke.sh MODEL.onnx" >&2; exit 2; }
 [ -f "$MODEL" ] || { echo "error: the model file $MODEL does not exist" >&2; exit 2; }
 MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+source scripts/lib.sh
 fail() { echo "SMOKE TEST FAILED: $*" >&2; exit 1; }
 
 if [ $CPU -eq 0 ]; then

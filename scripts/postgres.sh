@@ -21,7 +21,7 @@ LOG=$DIR/postgres.log
 PORT=${TALKIE_PG_PORT:-55432}
 URL="postgres://talkie@127.0.0.1:$PORT/talkie"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+source scripts/lib.sh
 usage() { echo "usage: scripts/postgres.sh start|stop|restart|kill|url|status" >&2; exit 2; }
 
 # The newest installed server's binaries (Debian keeps them per version, off PATH).

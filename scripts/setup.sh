@@ -9,7 +9,7 @@ ROOT=$PWD
 WITH_TESTS=0
 [ "${1:-}" = "--tests" ] && WITH_TESTS=1
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+source scripts/lib.sh
 
 # 1. Debian packages.
 APT_PACKAGES=(ffmpeg espeak-ng libxxhash-dev zlib1g-dev xxhash python3 python3-venv python3-pip pkg-config procps)
@@ -61,12 +61,8 @@ venv_job=""
 venv_log=.build/venv-install.log
 if [ -f engines/requirements.txt ] && [ "$(cat .venv/.talkie-stamp 2>/dev/null)" != "$stamp" ]; then
     say "installing the engine's Python environment in .venv, beside the Swift build (log: $venv_log)"
-    mkdir -p .build
-    install_venv > "$venv_log" 2>&1 &
-    venv_job=$!
-    # Never leave it running behind a failed build.
-    # (|| true: under set -e a failing command in the trap would turn the exit status to 1)
-    trap 'pkill -P "$venv_job" 2>/dev/null || true; kill "$venv_job" 2>/dev/null || true' EXIT
+    background "$venv_log" install_venv
+    venv_job=$BACKGROUND_PID
 fi
 
 # 4. The Swift build (debug: the engines do the heavy work, and one build serves demo and tests).
@@ -79,12 +75,7 @@ fi
 mkdir -p bin && ln -sf "$ROOT/.build/debug/talkie" bin/talkie
 
 if [ -n "$venv_job" ]; then
-    if ! wait "$venv_job"; then
-        echo "error: installing the engine's Python environment failed (the end of $venv_log):" >&2
-        tail -30 "$venv_log" >&2
-        exit 1
-    fi
-    trap - EXIT
+    await_background "$venv_job" "$venv_log" "installing the engine's Python environment" || exit 1
 fi
 
 # 5. With an NVIDIA GPU, onnxruntime-gpu (same version) takes the place of onnxruntime, so

@@ -6,6 +6,7 @@
 # (scripts/reliability.sh), whose table of cases and failures ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 scripts/setup.sh --tests
 command -v swift >/dev/null 2>&1 || export PATH="/opt/swift/usr/bin:$PATH"
 
@@ -16,36 +17,32 @@ export TALKIE_TEST_POSTGRES="$(scripts/postgres.sh url)"
 # The quick benchmarks need the Benchmarks package built for release: about 8 minutes of CPU,
 # most of it ordo-one/benchmark's own tool. It builds in the background while the Python
 # tests run, which spend much of their time waiting on the processes they start.
-bench_log=.build/benchmarks-build.log
-mkdir -p .build
-(
+build_benchmarks() {
     for product in talkie-bench StoreBenchmarks BenchmarkTool; do
-        swift build -c release --package-path Benchmarks --product "$product" || exit $?
+        swift build -c release --package-path Benchmarks --product "$product" || return $?
     done
-) > "$bench_log" 2>&1 &
-bench_build=$!
-# Never leave that build running behind an interrupted or failed run.
-# (|| true: under set -e a failing command in the trap would turn the exit status to 1)
-trap 'pkill -P "$bench_build" 2>/dev/null || true; kill "$bench_build" 2>/dev/null || true' EXIT
+}
+bench_log=.build/benchmarks-build.log
+background "$bench_log" build_benchmarks
+bench_build=$BACKGROUND_PID
 
 status=0
 if [ -x .venv/bin/python ]; then
-    printf '\033[1m==> engine, studio and cluster tests (pytest: engines, OpenAPI conformance, headless Chromium, PostgreSQL cluster)\033[0m\n'
+    say "engine, studio and cluster tests (pytest: engines, OpenAPI conformance, headless Chromium, PostgreSQL cluster)"
     suites=(engines/tests)
     [ -d tests/studio ] && suites+=(tests/studio)
     [ -d tests/cluster ] && suites+=(tests/cluster)
-    TALKIE_SCREENSHOTS="${TALKIE_SCREENSHOTS:-$PWD/.build/screenshots}" .venv/bin/python -m pytest -q "${suites[@]}" || status=$?
+    TALKIE_SCREENSHOTS="${TALKIE_SCREENSHOTS:-$PWD/.build/screenshots}" .venv/bin/python -m pytest -q --durations=15 "${suites[@]}" || status=$?
 fi
-printf '\033[1m==> Swift tests\033[0m\n'
+say "Swift tests"
 swift test --skip-build --disable-xctest || status=$?
-printf '\033[1m==> benchmarks, tiny sizes, so none rots (scripts/bench.sh --quick)\033[0m\n'
-if wait "$bench_build"; then
+say "benchmarks, tiny sizes, so none rots (scripts/bench.sh --quick)"
+if await_background "$bench_build" "$bench_log" "building the Benchmarks package for release"; then
     .venv/bin/python Benchmarks/run.py --quick || status=$?
 else
     status=1
-    echo "error: the Benchmarks package did not build for release (the end of $bench_log):" >&2
-    tail -40 "$bench_log" >&2
 fi
-printf '\033[1m==> reliability suites, bounded (scripts/reliability.sh --quick)\033[0m\n'
+say "reliability suites, bounded (scripts/reliability.sh --quick)"
 .venv/bin/python -m reliability --quick || status=$?
+say "done (exit status $status)"
 exit $status
