@@ -71,7 +71,8 @@ import TalkieCore
 
     /// Established TCP connections whose local port is `port` (the server's side of them).
     func serverConnections(_ port: Int) -> Int {
-        let table = (try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)) ?? ""
+        // Read to the end: `String(contentsOfFile:)` gets only the first page of a /proc table.
+        let table = String(decoding: (try? FileHandle(forReadingAtPath: "/proc/net/tcp")?.readToEnd()) ?? Data(), as: UTF8.self)
         let local = String(format: ":%04X", port)
         return table.split(separator: "\n").dropFirst().filter { line in
             let fields = line.split(separator: " ")
