@@ -203,6 +203,8 @@ def store_benchmarks(args, work: Path) -> dict:
     files = ":".join(str(p) for p in [data / "big.bin"] if p.exists())
     env = dict(os.environ, TALKIE_BENCH_ITEMS=counts, TALKIE_BENCH_WORK=str(work / "store-bench"),
                TALKIE_BENCH_HASH_FILES=files, TALKIE_BENCH_QUICK="1" if args.quick else "0")
+    if args.quick:
+        return store_benchmarks_directly(args, env, counts)
     log(f"state + hashing in process: swift package benchmark (items {counts})")
     command = ["swift", "package", "--package-path", str(ROOT / "Benchmarks"), "--allow-writing-to-directory", str(export),
                "benchmark", "--target", "StoreBenchmarks", "--format", "histogramSamples", "--path", str(export),
@@ -230,6 +232,57 @@ def store_benchmarks(args, work: Path) -> dict:
     if not results["state"]:
         sys.exit(f"core: no results from StoreBenchmarks in {export}: {os.listdir(export)}")
     return results
+
+
+def store_benchmarks_directly(args, env: dict, counts: str) -> dict:
+    """The quick run's StoreBenchmarks: the executable started on its own, which runs every
+    benchmark and prints each one's percentiles. Through the plugin, as a full run goes, it
+    took a minute or two of CI for figures a quick run does not keep: the plugin builds its
+    own tool and recompiles the benchmarks on every call."""
+    binary = args.bench_bin.parent / "StoreBenchmarks"
+    log(f"state + hashing in process: {binary.name}, started directly (items {counts})")
+    result = subprocess.run([str(binary)], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"core: {binary} failed ({result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    results: dict = {"state": {}}
+    for name, summary in parse_percentile_report(result.stdout).items():
+        if name.startswith("state per item at "):
+            results["state"][int(name.split()[4])] = summary
+        elif name.startswith("hash"):
+            results["hash"] = summary
+    if sorted(results["state"]) != sorted(int(c) for c in counts.split(",")):
+        sys.exit(f"core: {binary.name} did not report every item count ({counts}):\n{result.stdout[-3000:]}")
+    return results
+
+
+def parse_percentile_report(text: str) -> dict:
+    """Wall-clock summaries (ms) from the percentile tables a benchmark executable prints when
+    it runs on its own: a "Debug results for NAME:" block per benchmark, whose "Time (wall
+    clock):" table lists values in ns with the percentile each is at."""
+    summaries: dict = {}
+    name, rows, in_time, mean = None, [], False, None
+
+    def close():
+        if name and rows:
+            values = [value for value, _, _ in rows]
+            at = lambda p: next(value for value, q, _ in rows if q >= p)
+            summaries[name] = {"samples": rows[-1][2], "p50_ms": at(0.5), "p99_ms": at(0.99), "mean_ms": mean,
+                               "max_ms": values[-1], "min_ms": values[0]}
+
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Debug results for ") and line.endswith(":"):
+            close()
+            name, rows, in_time, mean = line[len("Debug results for "):-1], [], False, None
+        elif line.endswith(":") and not line[0].isdigit():
+            in_time = line == "Time (wall clock):"
+        elif in_time and line.startswith("#[Mean"):
+            mean = float(line.split("=")[1].split(",")[0]) * 1e-6
+        elif in_time and line and line[0].isdigit():
+            fields = line.split()
+            rows.append((float(fields[0]) * 1e-6, float(fields[1]), int(fields[2])))
+    close()
+    return summaries
 
 
 def percentile(values: list[float], p: float) -> float:

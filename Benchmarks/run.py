@@ -40,9 +40,12 @@ def build(quick: bool) -> tuple[str, str]:
     configuration = "debug" if quick else "release"
     say(f"building talkie ({configuration}) and the benchmarks (release)")
     # The Benchmarks package is always built for release: ordo-one/benchmark runs its
-    # benchmarks from a release build, and talkie-bench shares that build.
-    for command in (["swift", "build", "-c", configuration, "--product", "talkie"],
-                    ["swift", "build", "-c", "release", "--package-path", "Benchmarks", "--product", "talkie-bench"]):
+    # benchmarks from a release build, and talkie-bench shares that build. A full run's
+    # StoreBenchmarks is built by the benchmark plugin; a quick run starts it directly.
+    commands = [["swift", "build", "-c", configuration, "--product", "talkie"]]
+    for product in ("talkie-bench", "StoreBenchmarks") if quick else ("talkie-bench",):
+        commands.append(["swift", "build", "-c", "release", "--package-path", "Benchmarks", "--product", product])
+    for command in commands:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if result.returncode != 0:
             sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
