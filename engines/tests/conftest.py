@@ -104,6 +104,15 @@ class Worker:
         with self._err_lock:
             return "\n".join(self.err_tail)
 
+    def stderr_once_it_has(self, text: str, timeout: float = 10.0) -> str:
+        """The stderr tail, once `text` is in it (or `timeout` has passed). stdout and stderr
+        are separate pipes read by separate threads: a line the worker logged before its
+        final message may still be on its way when that message arrives."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.stderr
+
     def recv(self, timeout: float | None = None):
         line = self.lines.get(timeout=self.timeout if timeout is None else timeout)
         if line is None:

@@ -165,7 +165,7 @@ def test_frame_progress_and_short_output_padded(cw, media, tmp_path):
     assert frames == sorted(frames) and len(set(frames)) == len(frames)  # only changes are sent
     assert len(prog) < 15, prog  # 30 lines: at most ~10 messages a second
     check_output(req["output"], 4.0, media["en"])
-    assert "Processing frame 1/30" in cw.stderr  # the command's output is in the worker's log
+    assert "Processing frame 1/30" in cw.stderr_once_it_has("Processing frame 1/30")  # the command's output is in the worker's log
 
 
 @pytest.mark.parametrize("regex", [r"(\d+)%\|", r"(?P<percent>\d+)%"])
@@ -263,7 +263,8 @@ def test_keep_workdir_keeps_the_scratch_folder_of_a_failed_attempt(cw, media, tm
     final, _ = cw.render(req)
     assert final["type"] == "error", final
     kept = [f for f in os.listdir(tmp_path) if ".work-" in f]
-    assert len(kept) == 1 and os.path.join(str(tmp_path), kept[0]) in cw.stderr
+    assert len(kept) == 1
+    assert os.path.join(str(tmp_path), kept[0]) in cw.stderr_once_it_has(os.path.join(str(tmp_path), kept[0]))
     shutil.rmtree(tmp_path / kept[0])
 
 
@@ -371,7 +372,7 @@ def test_output_flood_keeps_memory_bounded(media, tmp_path):
         print(f'worker peak RSS {before} kB before, {peak} kB after the flood')
         assert peak < before + 30_000, (before, peak)
         assert w.err_bytes < 9 * 1024 * 1024, w.err_bytes  # 8 MiB copied to the log, then a note
-        assert "the rest is not copied to this log" in w.stderr
+        assert "the rest is not copied to this log" in w.stderr_once_it_has("the rest is not copied to this log")
         check_output(req["output"], 2.0, media["zh"])
     finally:
         w.close()
